@@ -1,0 +1,147 @@
+"""The model card: the single config object that travels from ``train`` through ``export`` to ``sample``.
+
+It is stored as ``model.json`` beside the weights. It holds everything needed to rebuild the networks,
+run the sampler and map samples back to physical units — and nothing identifying about training data.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meddiff_cli import __version__
+from meddiff_cli.errors import ModelError
+from meddiff_cli.fsutil import atomic_write_json
+
+CARD_FILE = "model.json"
+CARD_FORMAT = "meddiff-model"
+CARD_VERSION = 1
+
+# Network widths per preset. Volume shape and spacing come from the training data, not the preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {  # CPU tests: a few steps on 32^3 volumes in seconds
+        "autoencoder": {
+            "channels": [8, 16, 16], "num_res_blocks": 1, "latent_channels": 4, "norm_num_groups": 4,
+            "attention_levels": [False, False, False],
+        },
+        "denoiser": {
+            "channels": [16, 32, 32], "num_res_blocks": 1, "attention_levels": [False, False, True],
+            "num_head_channels": 8, "norm_num_groups": 8,
+        },
+        "train": {"autoencoder_steps": 20, "diffusion_steps": 20, "batch_size": 2, "lr": 2e-4,
+                  "adv_warmup_steps": 10, "adv_weight": 0.01, "kl_weight": 1e-6},
+    },
+    "small": {  # one GPU, minutes to an hour; 64^3-128^3 volumes
+        "autoencoder": {
+            "channels": [32, 64, 64], "num_res_blocks": 1, "latent_channels": 4, "norm_num_groups": 16,
+            "attention_levels": [False, False, False],
+        },
+        "denoiser": {
+            "channels": [64, 128, 256], "num_res_blocks": 1, "attention_levels": [False, True, True],
+            "num_head_channels": 32, "norm_num_groups": 32,
+        },
+        "train": {"autoencoder_steps": 3000, "diffusion_steps": 6000, "batch_size": 4, "lr": 1e-4,
+                  "adv_warmup_steps": 1000, "adv_weight": 0.01, "kl_weight": 1e-6},
+    },
+    "base": {  # several GPU hours; 128^3 volumes
+        "autoencoder": {
+            "channels": [64, 128, 128], "num_res_blocks": 2, "latent_channels": 4, "norm_num_groups": 32,
+            "attention_levels": [False, False, False],
+        },
+        "denoiser": {
+            "channels": [128, 256, 512], "num_res_blocks": 2, "attention_levels": [False, True, True],
+            "num_head_channels": 64, "norm_num_groups": 32,
+        },
+        "train": {"autoencoder_steps": 20000, "diffusion_steps": 50000, "batch_size": 4, "lr": 1e-4,
+                  "adv_warmup_steps": 5000, "adv_weight": 0.01, "kl_weight": 1e-6},
+    },
+}
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """A deep copy of a named preset (so callers can override fields freely)."""
+    if name not in PRESETS:
+        raise ModelError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+@dataclass
+class ModelCard:
+    """Everything about a trained model except its weights.
+
+    * ``modalities``: class labels of the denoiser, index = class id (e.g. ``["ct", "mri"]``).
+    * ``volume``: ``{"shape": [X, Y, Z], "spacing": [sx, sy, sz]}`` of generated volumes (RAS+).
+    * ``intensity``: per modality, how model space [-1, 1] maps back to physical units, e.g.
+      ``{"ct": {"kind": "ct_window", "window": [-1000, 1000], "unit": "HU"}}`` or
+      ``{"mri": {"kind": "percentile", "unit": "a.u.", "output_range": [0, 1000]}}``.
+    * ``autoencoder`` / ``denoiser``: keyword arguments of the MONAI networks (see networks.py).
+    * ``objective``: ``"rectified_flow"`` (velocity prediction, Euler sampling); ``scheduler`` its settings.
+    * ``latent``: ``{"channels": C, "shape": [x, y, z], "scale_factor": s}`` — latents are multiplied by
+      ``scale_factor`` (≈ 1/std) before diffusion and divided by it before decoding.
+    * ``training``: counts, steps, seeds and settings — never paths or identifiers.
+    * ``files``: weight/ONNX file name → sha256, checked before anything is loaded.
+    """
+
+    name: str
+    preset: str
+    modalities: list[str]
+    volume: dict[str, Any]
+    intensity: dict[str, dict[str, Any]]
+    autoencoder: dict[str, Any]
+    denoiser: dict[str, Any]
+    objective: str = "rectified_flow"
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"num_train_timesteps": 1000})
+    latent: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    meddiff_version: str = __version__
+    format: str = CARD_FORMAT
+    format_version: int = CARD_VERSION
+
+    def class_id(self, modality: str) -> int:
+        """Denoiser class index of a modality; a clear error if the model was not trained on it."""
+        if modality not in self.modalities:
+            raise ModelError(f"model {self.name!r} was trained on {', '.join(self.modalities)}, not {modality!r}")
+        return self.modalities.index(modality)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> ModelCard:
+        if data.get("format") != CARD_FORMAT:
+            raise ModelError("not a meddiff model card (missing format: meddiff-model)", source)
+        if int(data.get("format_version", 0)) > CARD_VERSION:
+            raise ModelError(
+                f"model card format {data.get('format_version')} is newer than this meddiff understands "
+                f"({CARD_VERSION}); upgrade meddiff", source,
+            )
+        known = set(cls.__dataclass_fields__)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as error:
+            raise ModelError(f"incomplete model card: {error}", source) from None
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CARD_FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, folder_or_file: str | Path) -> ModelCard:
+        path = Path(folder_or_file)
+        if path.is_dir():
+            path = path / CARD_FILE
+        if not path.is_file():
+            raise ModelError("model card not found", path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelError(f"unreadable model card ({error})", path) from None
+        if not isinstance(data, dict):
+            raise ModelError("model card is not a JSON object", path)
+        return cls.from_dict(data, path)

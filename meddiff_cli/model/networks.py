@@ -1,0 +1,84 @@
+"""MONAI networks built from a model card: a KL autoencoder (4x per axis) and a class-conditioned 3D UNet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+from meddiff_cli.model.card import ModelCard
+
+
+def autoencoder_kwargs(card: ModelCard) -> dict[str, Any]:
+    cfg = dict(card.autoencoder)
+    return {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 1,
+        "channels": tuple(cfg["channels"]),
+        "num_res_blocks": cfg["num_res_blocks"],
+        "latent_channels": cfg["latent_channels"],
+        "norm_num_groups": cfg["norm_num_groups"],
+        "attention_levels": tuple(cfg["attention_levels"]),
+        "with_encoder_nonlocal_attn": False,
+        "with_decoder_nonlocal_attn": False,
+    }
+
+
+def denoiser_kwargs(card: ModelCard) -> dict[str, Any]:
+    cfg = dict(card.denoiser)
+    latent_channels = card.autoencoder["latent_channels"]
+    return {
+        "spatial_dims": 3,
+        "in_channels": latent_channels,
+        "out_channels": latent_channels,
+        "channels": tuple(cfg["channels"]),
+        "num_res_blocks": cfg["num_res_blocks"],
+        "attention_levels": tuple(cfg["attention_levels"]),
+        "num_head_channels": cfg["num_head_channels"],
+        "norm_num_groups": cfg["norm_num_groups"],
+        "num_class_embeds": len(card.modalities),
+    }
+
+
+def build_autoencoder(card: ModelCard) -> AutoencoderKL:
+    """KL-regularised autoencoder; ``len(channels) - 1`` downsamplings, i.e. 4x per axis for 3 levels."""
+    return AutoencoderKL(**autoencoder_kwargs(card))
+
+
+def build_denoiser(card: ModelCard) -> DiffusionModelUNet:
+    """Latent denoiser conditioned on the timestep and on the modality class (``class_labels``)."""
+    return DiffusionModelUNet(**denoiser_kwargs(card))
+
+
+def downsample_factor(card: ModelCard) -> int:
+    return 2 ** (len(card.autoencoder["channels"]) - 1)
+
+
+def required_divisor(card: ModelCard) -> int:
+    """Volume sides must be multiples of this so that the autoencoder and UNet pyramids line up."""
+    return downsample_factor(card) * 2 ** (len(card.denoiser["channels"]) - 1)
+
+
+class DenoiserForExport(torch.nn.Module):
+    """The denoiser with a flat signature ``(latent, timestep, class_id) -> velocity`` for ONNX and sampling."""
+
+    def __init__(self, unet: DiffusionModelUNet) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, latent: torch.Tensor, timestep: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
+        return self.unet(latent, timesteps=timestep, class_labels=class_id)
+
+
+class DecoderForExport(torch.nn.Module):
+    """Scaled latent -> volume in model intensity space [-1, 1] (un-scaling included)."""
+
+    def __init__(self, autoencoder: AutoencoderKL, scale_factor: float) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.scale_factor = float(scale_factor)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latent / self.scale_factor)

@@ -1,0 +1,83 @@
+"""On-disk model layout and safe weight loading (safetensors only, sha256-verified; nothing is unpickled).
+
+``<cache>/models/<NAME>/``::
+
+    model.json                 the model card (ModelCard); ``files`` maps each file below to its sha256
+    autoencoder.safetensors    autoencoder weights used for sampling (EMA where trained with EMA)
+    denoiser.safetensors       denoiser weights used for sampling (EMA)
+    onnx/…                     exported graphs (added by ``meddiff export``)
+    checkpoint/                training state for ``--resume`` (train only; not needed to sample)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from meddiff_cli.errors import ModelError
+from meddiff_cli.fsutil import atomic_path, sha256_file
+from meddiff_cli.model.card import CARD_FILE, ModelCard
+from meddiff_cli.model.networks import build_autoencoder, build_denoiser
+
+AUTOENCODER_FILE = "autoencoder.safetensors"
+DENOISER_FILE = "denoiser.safetensors"
+
+
+def save_state_dict(module_or_state: torch.nn.Module | dict[str, torch.Tensor], path: str | Path,
+                    metadata: dict[str, str] | None = None) -> str:
+    """Write weights as safetensors atomically; return the file's sha256."""
+    state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return sha256_file(path)
+
+
+def verify_file(path: str | Path, expected_sha256: str | None) -> None:
+    """Refuse a file whose sha256 differs from the model card's (tampered or truncated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("model file missing", path)
+    if expected_sha256 is None:
+        raise ModelError("file is not listed in the model card, refusing to load it", path)
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ModelError(f"sha256 mismatch (expected {expected_sha256[:12]}…, got {actual[:12]}…): file was modified", path)
+
+
+def load_state_dict(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    verify_file(path, expected_sha256)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ModelError(f"unreadable safetensors file ({error})", path) from None
+
+
+def save_model(card: ModelCard, autoencoder: torch.nn.Module, denoiser: torch.nn.Module, folder: str | Path) -> Path:
+    """Save sampling weights and the card (card last, so a card never points at missing weights)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    card.files[AUTOENCODER_FILE] = save_state_dict(autoencoder, folder / AUTOENCODER_FILE)
+    card.files[DENOISER_FILE] = save_state_dict(denoiser, folder / DENOISER_FILE)
+    card.save(folder)
+    return folder
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[ModelCard, torch.nn.Module, torch.nn.Module]:
+    """Load card + networks in eval mode after verifying every weight file's sha256."""
+    folder = Path(folder)
+    if not (folder / CARD_FILE).is_file():
+        raise ModelError("not a meddiff model folder (no model.json)", folder)
+    card = ModelCard.load(folder)
+    autoencoder = build_autoencoder(card)
+    denoiser = build_denoiser(card)
+    for module, name in ((autoencoder, AUTOENCODER_FILE), (denoiser, DENOISER_FILE)):
+        state = load_state_dict(folder / name, card.files.get(name))
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as error:
+            raise ModelError(f"weights do not match the model card's architecture ({str(error)[:200]})", folder / name) from None
+    return card, autoencoder.to(device).eval(), denoiser.to(device).eval()
