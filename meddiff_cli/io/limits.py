@@ -1,0 +1,43 @@
+"""Guards every reader applies: refuse absurd sizes before allocating, refuse non-finite voxels after."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from meddiff_cli.errors import BadInputError
+
+MAX_VOXELS_ENV = "MEDDIFF_MAX_VOXELS"
+DEFAULT_MAX_VOXELS = 2**30
+
+
+def max_voxels() -> int:
+    """Largest voxel count a header may claim (``MEDDIFF_MAX_VOXELS``, default 2**30)."""
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInputError(f"{MAX_VOXELS_ENV}={raw!r} is not an integer") from None
+    return max(value, 1)
+
+
+def check_voxel_count(shape: tuple[int, ...] | int, path: str | Path) -> None:
+    """Refuse a volume whose header claims more voxels than allowed, before any pixel is read.
+
+    A corrupt or hostile header can claim terabytes; allocating first would kill the machine.
+    """
+    count = int(shape) if isinstance(shape, (int, np.integer)) else int(np.prod([int(s) for s in shape], dtype=object))
+    limit = max_voxels()
+    if count > limit:
+        raise BadInputError(f"header claims {count:,} voxels, more than the limit {limit:,} (set {MAX_VOXELS_ENV} to raise it)", path)
+
+
+def check_finite(array: np.ndarray, path: str | Path) -> None:
+    """NaN/Inf voxels poison every later stage (normalisation, losses): refuse them at the edge."""
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise BadInputError(f"{bad} voxel(s) are NaN or infinite", path)
