@@ -25,6 +25,12 @@ app = typer.Typer(
 
 # Each module registers its command(s) on ``app`` when imported. Only working commands are listed.
 COMMAND_MODULES: list[str] = [
+    "meddiff_cli.cli.train",
+    "meddiff_cli.cli.augment_seg",
+    "meddiff_cli.cli.export",
+    "meddiff_cli.cli.sample",
+    "meddiff_cli.cli.models",
+    "meddiff_cli.cli.preprocess",
 ]
 
 

@@ -1,6 +1,151 @@
-"""Volume I/O: everything that enters or leaves meddiff as a :class:`Volume` with RAS+ geometry."""
+"""Volume I/O: everything that enters or leaves meddiff as a :class:`Volume` with RAS+ geometry.
 
-from meddiff_cli.io.nifti import read_nifti, write_nifti
+Public entry points used by the other stages:
+
+* :func:`read_volume` -- one NIfTI/NRRD/MHA/MHD file, one DICOM file, or a folder with one DICOM series.
+* :func:`discover_cases` / :func:`read_case` -- expand many inputs (files and folders, mixed formats)
+  into cases with stable, non-identifying ids, then read them one at a time (e.g. in workers).
+* Writers: :func:`write_nifti`, :func:`write_dicom_series`, :func:`write_itk` (all atomic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meddiff_cli.errors import BadInputError, InputNotFoundError
+from meddiff_cli.io.dicom import read_dicom, scan_dicom_files, sniff_dicom, write_dicom_series
+from meddiff_cli.io.itk import ITK_SUFFIXES, read_itk, read_with_simpleitk, write_itk
+from meddiff_cli.io.limits import MAX_VOXELS_ENV
+from meddiff_cli.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
 from meddiff_cli.io.volume import LPS_TO_RAS, Volume
+from meddiff_cli.io.walk import walk_files
 
-__all__ = ["Volume", "LPS_TO_RAS", "read_nifti", "write_nifti"]
+__all__ = [
+    "Volume",
+    "LPS_TO_RAS",
+    "CaseSource",
+    "MAX_VOXELS_ENV",
+    "read_volume",
+    "discover_cases",
+    "read_case",
+    "read_nifti",
+    "write_nifti",
+    "read_itk",
+    "write_itk",
+    "write_dicom_series",
+    "read_with_simpleitk",
+    "volume_format",
+]
+
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """One case found by :func:`discover_cases`.
+
+    ``series_key`` is set for DICOM series (the case id of the series inside ``path``); ``files``
+    lists that series' files so reading it does not re-scan the folder.
+    """
+
+    case_id: str
+    path: Path
+    format: str
+    series_key: str | None = None
+    files: tuple[Path, ...] = ()
+
+
+def volume_format(path: str | Path) -> str | None:
+    """'nifti', 'nrrd', 'mha', 'mhd' from the file name, else None (DICOM is recognised by content)."""
+    name = str(path).lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    for suffix in ITK_SUFFIXES:
+        if name.endswith(suffix):
+            return "nrrd" if suffix == ".nhdr" else suffix.lstrip(".")
+    return None
+
+
+def _case_id_from_name(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_volume(path: str | Path, modality: str = "auto") -> Volume:
+    """Read a volume file or a DICOM folder holding exactly one series.
+
+    ``modality='auto'`` takes CT/MR from the DICOM header (else ``'unknown'``); ``'ct'``/``'mri'`` override.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError("no such file or folder", path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInputError("empty file (0 bytes)", path)
+    kind = volume_format(path) if path.is_file() else None
+    file_modality = "unknown" if modality == "auto" else modality
+    if kind == "nifti":
+        return read_nifti(path, file_modality)
+    if kind is not None:
+        return read_itk(path, file_modality)
+    if path.is_dir() or sniff_dicom(path) or path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return read_dicom(path, modality)
+    raise BadInputError("not a supported volume (NIfTI, NRRD, MHA, MHD by name, or DICOM by content)", path)
+
+
+def discover_cases(inputs: list[Path] | list[str]) -> list[CaseSource]:
+    """Expand files and folders into cases, sorted by case id.
+
+    Volume files are cases named after the file; DICOM (recognised by content) is grouped into series,
+    each a case ``series-<hash>``. Unknown files inside folders are ignored; an explicitly named file
+    that is neither becomes a case that fails with a clear BadInputError when read.
+    """
+    cases: list[CaseSource] = []
+    for raw in inputs:
+        root = Path(raw)
+        if not root.exists():
+            raise InputNotFoundError("no such file or folder", root)
+        if root.is_file():
+            kind = volume_format(root)
+            if kind is not None:
+                cases.append(CaseSource(_case_id_from_name(root), root, kind))
+                continue
+            series, _ = scan_dicom_files([root]) if root.stat().st_size and sniff_dicom(root) else ([], [])
+            if series:
+                cases.extend(CaseSource(s.case_id, root, "dicom", s.case_id, (root,)) for s in series)
+            else:  # keep it so the failure is reported for this file, with its reason, at read time
+                cases.append(CaseSource(_case_id_from_name(root), root, "unknown"))
+            continue
+        dicom_candidates: list[Path] = []
+        for file in walk_files(root, nnunet_images_only=True):
+            kind = volume_format(file)
+            if kind is not None:
+                cases.append(CaseSource(_case_id_from_name(file), file, kind))
+            elif sniff_dicom(file):
+                dicom_candidates.append(file)
+        series, _ = scan_dicom_files(dicom_candidates)
+        cases.extend(CaseSource(s.case_id, root, "dicom", s.case_id, tuple(s.files)) for s in series)
+    if not cases:
+        raise InputNotFoundError("no volumes found (NIfTI, NRRD, MHA, MHD or DICOM image series)",
+                                 inputs[0] if len(inputs) == 1 else None)
+    by_id: dict[str, CaseSource] = {}
+    for case in cases:
+        other = by_id.get(case.case_id)
+        if other is not None and (other.path, other.series_key) != (case.path, case.series_key):
+            if other.series_key is not None and other.series_key == case.series_key:
+                continue  # the same DICOM series reached through two inputs
+            raise BadInputError(
+                f"two inputs give the same case id {case.case_id!r}: {other.path} and {case.path}", case.path
+            )
+        by_id[case.case_id] = case
+    return sorted(by_id.values(), key=lambda c: c.case_id)
+
+
+def read_case(case: CaseSource, modality: str = "auto") -> Volume:
+    """Read one discovered case."""
+    if case.format == "dicom":
+        return read_dicom(case.path, modality, case_id=case.series_key, files=case.files or None)
+    return read_volume(case.path, modality)

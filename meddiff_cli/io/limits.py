@@ -33,7 +33,9 @@ def check_voxel_count(shape: tuple[int, ...] | int, path: str | Path) -> None:
     count = int(shape) if isinstance(shape, (int, np.integer)) else int(np.prod([int(s) for s in shape], dtype=object))
     limit = max_voxels()
     if count > limit:
-        raise BadInputError(f"header claims {count:,} voxels, more than the limit {limit:,} (set {MAX_VOXELS_ENV} to raise it)", path)
+        raise BadInputError(
+            f"header claims {count:,} voxels, more than the limit {limit:,} (set {MAX_VOXELS_ENV} to raise it)", path
+        )
 
 
 def check_finite(array: np.ndarray, path: str | Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from meddiff_cli.errors import BadInputError
+from meddiff_cli.errors import BadInputError, InputNotFoundError
 from meddiff_cli.fsutil import atomic_path
+from meddiff_cli.io.limits import check_finite, check_voxel_count
 from meddiff_cli.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -19,18 +20,33 @@ def is_nifti(path: str | Path) -> bool:
 
 
 def read_nifti(path: str | Path, modality: str = "unknown") -> Volume:
-    """Read a 3D NIfTI file (a 4D file with one volume is squeezed) as float32."""
+    """Read a 3D NIfTI file (a 4D file with one volume is squeezed) as float32.
+
+    The header's size is checked before the (lazy) pixel read, which is then forced here so a
+    truncated file fails now, as a BadInputError, not later inside another stage.
+    """
     path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError("no such file", path)
     try:
         image = nib.load(str(path))
-        data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as error:  # nibabel raises many types for corrupt files
-        raise BadInputError(f"unreadable NIfTI ({type(error).__name__}: {error})", path) from None
+        raise BadInputError(f"unreadable NIfTI header ({type(error).__name__}: {_short(error)})", path) from None
+    check_voxel_count(tuple(image.shape), path)
+    try:
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:
+        raise BadInputError(f"unreadable NIfTI data, truncated? ({type(error).__name__}: {_short(error)})", path) from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise BadInputError(f"expected a 3D volume, got shape {data.shape}", path)
+    check_finite(data, path)
     return Volume(data, image.affine, modality, {"source_format": "nifti"})
+
+
+def _short(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def write_nifti(volume: Volume, path: str | Path, dtype: str = "float32") -> Path:

@@ -20,6 +20,17 @@ CARD_FILE = "model.json"
 CARD_FORMAT = "meddiff-model"
 CARD_VERSION = 1
 
+# Training settings shared by every preset (each one overridable, see ``meddiff train --set``).
+_COMMON_TRAIN: dict[str, Any] = {
+    "weight_decay": 0.01,  # AdamW
+    "grad_clip": 1.0,  # max global gradient norm, generator/denoiser and discriminator alike
+    "timestep_sampling": "logit-normal",  # RFlowScheduler sample_method (SD3/MAISI-v2 favour mid-range t)
+    "intensity_jitter": 0.05,  # x * (1 + a) + b, a, b ~ U(-j, j), then clipped to [-1, 1]
+    "flip_lr": False,  # random left-right flips change laterality (heart, liver): opt in for symmetric anatomy
+    "val_fraction": 0.1,  # of each modality's cases, at least 1 held out for validation
+    "preview_sampling_steps": 10,  # Euler steps for the decoded-sample preview PNGs
+}
+
 # Network widths per preset. Volume shape and spacing come from the training data, not the preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {  # CPU tests: a few steps on 32^3 volumes in seconds
@@ -32,7 +43,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_head_channels": 8, "norm_num_groups": 8,
         },
         "train": {"autoencoder_steps": 20, "diffusion_steps": 20, "batch_size": 2, "lr": 2e-4,
-                  "adv_warmup_steps": 10, "adv_weight": 0.01, "kl_weight": 1e-6},
+                  "adv_warmup_steps": 10, "adv_weight": 0.01, "kl_weight": 1e-6, "adv_ramp_steps": 5,
+                  "disc_channels": 8, "disc_layers": 2, "warmup_steps": 2, "ema_decay": 0.99,
+                  "val_every": 10, "preview_every": 10, "checkpoint_every": 10, **_COMMON_TRAIN},
     },
     "small": {  # one GPU, minutes to an hour; 64^3-128^3 volumes
         "autoencoder": {
@@ -44,7 +57,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_head_channels": 32, "norm_num_groups": 32,
         },
         "train": {"autoencoder_steps": 3000, "diffusion_steps": 6000, "batch_size": 4, "lr": 1e-4,
-                  "adv_warmup_steps": 1000, "adv_weight": 0.01, "kl_weight": 1e-6},
+                  "adv_warmup_steps": 1000, "adv_weight": 0.01, "kl_weight": 1e-6, "adv_ramp_steps": 300,
+                  "disc_channels": 32, "disc_layers": 3, "warmup_steps": 100, "ema_decay": 0.999,
+                  "val_every": 250, "preview_every": 500, "checkpoint_every": 500, **_COMMON_TRAIN},
     },
     "base": {  # several GPU hours; 128^3 volumes
         "autoencoder": {
@@ -56,7 +71,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_head_channels": 64, "norm_num_groups": 32,
         },
         "train": {"autoencoder_steps": 20000, "diffusion_steps": 50000, "batch_size": 4, "lr": 1e-4,
-                  "adv_warmup_steps": 5000, "adv_weight": 0.01, "kl_weight": 1e-6},
+                  "adv_warmup_steps": 5000, "adv_weight": 0.01, "kl_weight": 1e-6, "adv_ramp_steps": 500,
+                  "disc_channels": 64, "disc_layers": 3, "warmup_steps": 500, "ema_decay": 0.9999,
+                  "val_every": 1000, "preview_every": 2000, "checkpoint_every": 1000, **_COMMON_TRAIN},
     },
 }
 
@@ -82,6 +99,8 @@ class ModelCard:
     * ``latent``: ``{"channels": C, "shape": [x, y, z], "scale_factor": s}`` — latents are multiplied by
       ``scale_factor`` (≈ 1/std) before diffusion and divided by it before decoding.
     * ``training``: counts, steps, seeds and settings — never paths or identifiers.
+    * ``sampling``: the rectified-flow convention the denoiser was trained with (velocity definition,
+      time direction, class labels, output clipping, a sensible default step count) — see docs/model.md.
     * ``files``: weight/ONNX file name → sha256, checked before anything is loaded.
     """
 
@@ -98,6 +117,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
     meddiff_version: str = __version__
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION

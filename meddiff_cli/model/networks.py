@@ -73,7 +73,12 @@ class DenoiserForExport(torch.nn.Module):
 
 
 class DecoderForExport(torch.nn.Module):
-    """Scaled latent -> volume in model intensity space [-1, 1] (un-scaling included)."""
+    """Scaled latent -> volume in model intensity space [-1, 1] (un-scaling included).
+
+    The output is clipped to [-1, 1]: the decoder is linear at the output, and a latent slightly off the
+    training manifold can overshoot into isolated bright voxels ("bright dots"); clipping bounds them to
+    the window/percentile range the intensity mapping was built for.
+    """
 
     def __init__(self, autoencoder: AutoencoderKL, scale_factor: float) -> None:
         super().__init__()
@@ -81,4 +86,4 @@ class DecoderForExport(torch.nn.Module):
         self.scale_factor = float(scale_factor)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(latent / self.scale_factor)
+        return self.autoencoder.decode(latent / self.scale_factor).clamp(-1.0, 1.0)

@@ -1,0 +1,100 @@
+"""``meddiff preprocess``: parse flags, run :func:`meddiff_cli.preprocess.preprocess_cases`, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from meddiff_cli.cli.app import app
+from meddiff_cli.cli.common import info, print_json, progress_bar
+from meddiff_cli.errors import BadInputError, PartialFailure, UsageError
+from meddiff_cli.preprocess import (
+    DEFAULT_SIZE,
+    DEFAULT_SPACING_MM,
+    DEFAULT_WINDOW_HU,
+    ERRORS_NAME,
+    PreprocessSettings,
+    preprocess_cases,
+)
+
+
+def _numbers(text: str | None, flag: str, count: tuple[int, ...]) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if len(values) not in count:
+        raise UsageError(f"{flag} takes {' or '.join(str(c) for c in count)} value(s), got {text!r}")
+    return values
+
+
+@app.command(
+    "preprocess",
+    help=(
+        "Put scans (NIfTI, NRRD, MHA/MHD, DICOM folders; a `meddiff phantom` folder as is) onto one RAS grid "
+        "and a -1..1 intensity scale, ready for training. Resumable: finished cases are skipped."
+    ),
+    epilog=(
+        "Example: meddiff preprocess phantoms/ --out prep/ --size 64  "
+        f"(defaults: spacing {DEFAULT_SPACING_MM['ct']} mm for CT, {DEFAULT_SPACING_MM['mri']} mm for MRI; "
+        f"size {DEFAULT_SIZE}; CT window {DEFAULT_WINDOW_HU[0]:g},{DEFAULT_WINDOW_HU[1]:g} HU). "
+        "Exit codes: 0 all done, 3 no input found, 4 every case failed, 5 some cases failed (see errors.json)."
+    ),
+)
+def preprocess_command(
+    inputs: list[Path] = typer.Argument(..., help="Files or folders (mixed formats; folders searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: images/, labels/, manifest.json, errors.json."),
+    modality: str = typer.Option("auto", "--modality", help="ct, mri, or auto (DICOM header / phantom manifest)."),
+    spacing: str | None = typer.Option(
+        None, "--spacing", help="Output voxel size in mm: MM or MM,MM,MM (default: 3 for CT, 1.5 for MRI)."
+    ),
+    size: str = typer.Option(str(DEFAULT_SIZE), "--size", help="Output shape: N or N,N,N (centre crop/pad)."),
+    window: str | None = typer.Option(
+        None, "--window", help="CT window LO,HI in HU mapped to -1..1 (default: -1000,1000)."
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Folder of label maps paired with cases by case id (nearest-neighbour resampled)."
+    ),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Parallel worker processes (one volume each in memory)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished cases (and allow changed settings)."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout (nothing else goes there)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages on stderr."),
+) -> None:
+    modality = modality.lower()
+    if modality == "mr":
+        modality = "mri"
+    if window is not None and modality == "mri":
+        raise UsageError("--window applies to CT only")
+    size_values = _numbers(size, "--size", (1, 3))
+    if size_values is not None and any(v != int(v) for v in size_values):
+        raise UsageError(f"--size takes whole numbers, got {size!r}")
+    settings = PreprocessSettings(
+        modality=modality,
+        spacing=_numbers(spacing, "--spacing", (1, 3)),
+        size=tuple(int(v) for v in size_values or [DEFAULT_SIZE]),
+        window=tuple(_numbers(window, "--window", (2,)) or DEFAULT_WINDOW_HU),
+    )
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("preprocess", total=None, status="")
+
+        def on_case_done(case: dict[str, Any], finished: int, total: int) -> None:
+            progress.update(task, completed=finished, total=total, status=f"{case['case_id']} {case['status']}")
+            if case["status"] == "failed":
+                info(f"[yellow]failed[/] {case['source']}: {case['error']}", quiet)
+
+        result = preprocess_cases(
+            inputs, out, settings, labels_dir=labels, workers=workers, overwrite=overwrite, on_case_done=on_case_done
+        )
+    summary = result.to_json()
+    if json_output:
+        print_json(summary)
+    info(f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed -> {out}", quiet)
+    if summary["failed"]:
+        message = f"{summary['failed']} of {len(result.cases)} case(s) failed; reasons in {ERRORS_NAME}"
+        if summary["failed"] == len(result.cases):
+            raise BadInputError(message, out)
+        raise PartialFailure(message, out)

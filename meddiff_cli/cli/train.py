@@ -1,0 +1,127 @@
+"""``meddiff train``: thin CLI over :func:`meddiff_cli.train.train_model`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from meddiff_cli.cli.app import app
+from meddiff_cli.cli.common import info, print_json, progress_bar
+from meddiff_cli.errors import UsageError
+from meddiff_cli.train import Reporter, TrainOptions, train_model
+from meddiff_cli.train.distributed import launched_by_torchrun
+
+
+class ProgressReporter(Reporter):
+    """One rich progress task per stage, showing the latest losses and the step rate."""
+
+    def __init__(self, progress: Any, quiet: bool) -> None:
+        self.progress, self.quiet = progress, quiet
+        self.tasks: dict[str, Any] = {}
+        self.started: dict[str, tuple[float, int]] = {}
+
+    def stage_started(self, stage: str, start_step: int, total_steps: int) -> None:
+        self.tasks[stage] = self.progress.add_task(stage, total=total_steps, completed=start_step, status="")
+        self.started[stage] = (time.monotonic(), start_step)
+
+    def step_done(self, stage: str, step: int, total_steps: int, losses: dict[str, float]) -> None:
+        began, first = self.started[stage]
+        rate = (step - first) / max(time.monotonic() - began, 1e-9)
+        status = " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" {rate:.2f} it/s"
+        self.progress.update(self.tasks[stage], completed=step, status=status)
+
+    def message(self, text: str) -> None:
+        info(text, self.quiet)
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise UsageError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.adv_weight=0.005")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw  # bare strings such as train.timestep_sampling=uniform
+    return overrides
+
+
+@app.command(
+    "train",
+    help=(
+        "Train a 3D latent diffusion model on `meddiff preprocess` output: stage 1 a KL autoencoder "
+        "(4x per axis), stage 2 a modality-conditioned rectified-flow denoiser. The model folder "
+        "(model.json, safetensors weights, checkpoint/, previews/) goes to the cache's models/NAME/. "
+        "Multi-GPU: torchrun --nproc_per_node=N -m meddiff_cli train ..."
+    ),
+    epilog=(
+        "Example: meddiff train prep_ct/ prep_mri/ --name body --preset small --device cuda  "
+        "|  resume: meddiff train prep_ct/ prep_mri/ --name body --resume"
+    ),
+)
+def train_command(
+    data: list[Path] = typer.Argument(..., help="One or more preprocess output folders (each with manifest.json)."),
+    name: str = typer.Option(..., "--name", help="Model name: folder models/NAME/ in the cache."),
+    modality: Optional[list[str]] = typer.Option(
+        None, "--modality", help="Class label per DATA folder (default: the manifest's modality). Repeat per folder."),
+    preset: str = typer.Option("tiny", "--preset", help="Network/training preset: tiny (CPU tests), small, base (GPU)."),
+    stage: str = typer.Option("all", "--stage", help="autoencoder, diffusion or all (autoencoder then diffusion)."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="Steps of the stage being trained; with --stage all it sets the diffusion steps."),
+    ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="Autoencoder steps (default: preset)."),
+    diffusion_steps: Optional[int] = typer.Option(None, "--diffusion-steps", help="Diffusion steps (default: preset)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Volumes per step per process."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, warm-up + cosine)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of weights, data order, augmentation and noise."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every K steps."),
+    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Write a preview PNG every K steps."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every K steps."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay of the denoiser weights."),
+    flip_lr: Optional[bool] = typer.Option(
+        None, "--flip-lr/--no-flip-lr", help="Random left-right flips (only for left-right symmetric anatomy)."),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override any preset value: SECTION.KEY=JSON, e.g. --set train.adv_weight=0.005 "
+                            "--set autoencoder.channels=[16,32,32]. Repeatable."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes (0: load in the main process)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue bit-for-bit from the model's last checkpoint."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: MEDDIFF_HOME or the user cache)."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or messages on stderr."),
+) -> None:
+    if workers < 0:
+        raise UsageError("--workers must be 0 or more")
+    overrides = _parse_set(settings or [])
+    for key, value in (("batch_size", batch_size), ("lr", lr), ("val_every", val_every),
+                       ("preview_every", preview_every), ("checkpoint_every", checkpoint_every),
+                       ("ema_decay", ema_decay), ("flip_lr", flip_lr)):
+        if value is not None:
+            overrides[f"train.{key}"] = value
+    options = TrainOptions(
+        data=list(data), name=name, modalities=list(modality) if modality else None, preset=preset, stage=stage,
+        steps=steps, ae_steps=ae_steps, diffusion_steps=diffusion_steps, seed=seed, overrides=overrides,
+        resume=resume, device=device, workers=workers, cache_dir=cache_dir,
+    )
+    is_worker = launched_by_torchrun() and int(os.environ.get("RANK", "0")) != 0
+    quiet = quiet or is_worker
+    with progress_bar(quiet) as progress:
+        result = train_model(options, ProgressReporter(progress, quiet))
+    if is_worker:
+        return
+    card = result.card
+    summary = {
+        "name": result.name, "folder": str(result.folder), "preset": card.preset, "modalities": card.modalities,
+        "steps": card.training["steps"], "steps_this_run": result.steps_run, "metrics": card.metrics,
+        "latent": card.latent, "duration_s": result.duration_s,
+    }
+    if json_output:
+        print_json(summary)
+    else:
+        metrics = ", ".join(f"{k} {v}" for k, v in card.metrics.items()) or "none yet"
+        info(f"model {result.name!r} in {result.folder}: steps {card.training['steps']}; {metrics}", quiet)

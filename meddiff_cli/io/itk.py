@@ -1,0 +1,129 @@
+"""NRRD / MetaImage (.mha, .mhd) via SimpleITK. ITK geometry is LPS+; converted to RAS+ here.
+
+``read_with_simpleitk`` is also the independent reference reader the tests compare our own
+NIfTI and DICOM readers against.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from meddiff_cli.errors import BadInputError, InputNotFoundError
+from meddiff_cli.fsutil import TMP_PREFIX, atomic_path
+from meddiff_cli.io.limits import check_finite, check_voxel_count
+from meddiff_cli.io.volume import LPS_TO_RAS, Volume
+
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def is_itk(path: str | Path) -> bool:
+    return str(path).lower().endswith(ITK_SUFFIXES)
+
+
+def _image_affine_ras(image: sitk.Image) -> np.ndarray:
+    """ITK (origin, spacing, direction) in LPS -> 4x4 RAS affine for array[i, j, k]."""
+    dimension = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(dimension, dimension)[:3, :3]
+    spacing = np.array(image.GetSpacing(), dtype=np.float64)[:3]
+    affine = np.eye(4)
+    affine[:3, :3] = direction * spacing
+    affine[:3, 3] = np.array(image.GetOrigin(), dtype=np.float64)[:3]
+    return LPS_TO_RAS @ affine
+
+
+def _image_to_volume(image: sitk.Image, path: Path, modality: str, source_format: str) -> Volume:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise BadInputError(f"{image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar volume", path)
+    size = image.GetSize()
+    if image.GetDimension() == 4 and size[3] == 1:
+        image = image[:, :, :, 0]
+    elif image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise BadInputError(f"expected a 3D volume, got size {size}", path)
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=np.float32)  # [k,j,i] -> [i,j,k]
+    check_finite(array, path)
+    return Volume(array, _image_affine_ras(image), modality, {"source_format": source_format})
+
+
+def read_itk(path: str | Path, modality: str = "unknown") -> Volume:
+    """Read NRRD/MHA/MHD; the header is checked against the size limit before pixels are loaded."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError("no such file", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise BadInputError(f"unreadable image header ({_first_line(error)})", path) from None
+    check_voxel_count(tuple(reader.GetSize()), path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise BadInputError(f"unreadable image data ({_first_line(error)})", path) from None
+    suffix = path.suffix.lower().lstrip(".")
+    return _image_to_volume(image, path, modality, "nrrd" if suffix == "nhdr" else suffix)
+
+
+def _first_line(error: Exception) -> str:
+    """SimpleITK errors are multi-line C++ dumps; keep the informative last non-empty line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(error).__name__
+
+
+def volume_to_image(volume: Volume) -> sitk.Image:
+    """RAS volume -> SimpleITK image with LPS origin/direction (orthogonal affines only)."""
+    affine = LPS_TO_RAS @ volume.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = affine[:3, :3] / spacing
+    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:
+        raise ValueError("ITK images cannot store a sheared (non-orthogonal) affine")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in affine[:3, 3]])
+    image.SetDirection([float(v) for v in direction.ravel()])
+    return image
+
+
+def write_itk(volume: Volume, path: str | Path) -> Path:
+    """Write NRRD/MHA (one atomic file) or MHD (+ .raw: written in a temp folder, moved raw-first)."""
+    path = Path(path)
+    if not is_itk(path):
+        raise ValueError(f"not an ITK file name (.nrrd, .mha, .mhd): {path}")
+    image = volume_to_image(volume)
+    if path.suffix.lower() == ".mhd":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=path.parent))
+        try:
+            sitk.WriteImage(image, str(staging / path.name))
+            for written in sorted(staging.iterdir(), key=lambda p: p.suffix.lower() == ".mhd"):
+                os.replace(written, path.parent / written.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return path
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        sitk.WriteImage(image, str(tmp))
+    return path
+
+
+def read_with_simpleitk(path: str | Path) -> Volume:
+    """Reference reader: SimpleITK/GDCM's own interpretation of a file or DICOM folder, in RAS.
+
+    Used by tests to check our readers against an independent implementation.
+    """
+    path = Path(path)
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        names = reader.GetGDCMSeriesFileNames(str(path))
+        reader.SetFileNames(names)
+        image = reader.Execute()
+    else:
+        image = sitk.ReadImage(str(path))
+    return _image_to_volume(image, path, "unknown", "simpleitk")

@@ -1,0 +1,170 @@
+"""The local model cache: name → folder resolution, listing, sha256 verification, import and removal.
+
+Models are folders (see :mod:`meddiff_cli.model.store`) under ``<cache>/models/<NAME>/``. Nothing here
+ever touches the network: a model is either in the cache, bundled with the package, or given as a path.
+``--offline`` / ``MEDDIFF_OFFLINE=1`` therefore only make that guarantee explicit (and are recorded so
+that future download features must honour them). Concurrent processes (export on first use, shards of
+one sampling run) serialise changes to a model folder with a file lock beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from meddiff_cli.cache import models_dir
+from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.fsutil import atomic_dir, sha256_file
+from meddiff_cli.model.card import CARD_FILE, ModelCard
+
+DEFAULT_MODEL = "default"
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+LOCK_TIMEOUT_S = 600.0
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def set_offline() -> None:
+    """Enable offline mode for this process and libraries that honour the usual variables."""
+    os.environ["MEDDIFF_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def validate_name(name: str) -> str:
+    """Model names become folder names: refuse separators, '..' and other surprises."""
+    if not _NAME_RE.match(name) or name in {".", ".."}:
+        raise UsageError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (max 100 chars)")
+    return name
+
+
+def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None = None) -> Path:
+    """Find a model folder: an existing folder path, else ``<cache>/models/NAME``, else a bundled model."""
+    name = str(name_or_path or DEFAULT_MODEL)
+    candidate = Path(name).expanduser()
+    looks_like_path = os.sep in name or name.startswith(".") or (os.altsep and os.altsep in name)
+    if candidate.is_dir() and (candidate / CARD_FILE).is_file():
+        return candidate
+    if looks_like_path:
+        raise ModelError("not a meddiff model folder (no model.json)", candidate)
+    folder = models_dir(cache_dir) / validate_name(name)
+    if (folder / CARD_FILE).is_file():
+        return folder
+    if (BUNDLED_DIR / name / CARD_FILE).is_file():
+        return BUNDLED_DIR / name
+    raise ModelError(
+        f"model {name!r} not found in {models_dir(cache_dir)}; train one with `meddiff train --name {name}` "
+        f"or add one with `meddiff models import PATH --name {name}`"
+    )
+
+
+@contextmanager
+def model_lock(folder: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive lock on a model folder (a ``.NAME.lock`` file beside it, so it never pollutes the folder)."""
+    folder = Path(folder).resolve()
+    lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
+    try:
+        with lock.acquire(timeout=timeout):
+            yield
+    except Timeout:
+        raise ModelError(f"another meddiff process has held the model lock for {timeout:.0f} s", folder) from None
+
+
+def verify_model(folder: str | Path) -> dict[str, str]:
+    """Check the sha256 of every file listed in the card; return {file: "ok"} or raise ModelError on the first problem."""
+    folder = Path(folder)
+    card = ModelCard.load(folder)
+    if not card.files:
+        raise ModelError("model card lists no files", folder / CARD_FILE)
+    results: dict[str, str] = {}
+    for relative, expected in sorted(card.files.items()):
+        path = _inside(folder, relative)
+        if not path.is_file():
+            raise ModelError("file listed in the model card is missing", path)
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelError(
+                f"sha256 mismatch (expected {expected[:12]}…, got {actual[:12]}…): file was modified or corrupted", path
+            )
+        results[relative] = "ok"
+    return results
+
+
+def model_summary(folder: str | Path) -> dict[str, Any]:
+    """Card facts people look for first (no weights are read)."""
+    folder = Path(folder)
+    card = ModelCard.load(folder)
+    size = sum(_inside(folder, f).stat().st_size for f in card.files if _inside(folder, f).is_file())
+    return {
+        "name": card.name,
+        "folder": str(folder),
+        "preset": card.preset,
+        "modalities": card.modalities,
+        "volume_shape": card.volume.get("shape"),
+        "spacing_mm": card.volume.get("spacing"),
+        "objective": card.objective,
+        "onnx": sorted(f for f in card.files if f.startswith("onnx/")),
+        "files": len(card.files),
+        "size_bytes": size,
+        "meddiff_version": card.meddiff_version,
+    }
+
+
+def list_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every model folder in the cache (unreadable cards are listed with their error, not hidden)."""
+    root = models_dir(cache_dir)
+    entries: list[dict[str, Any]] = []
+    if not root.is_dir():
+        return entries
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            entries.append(model_summary(folder))
+        except ModelError as error:
+            entries.append({"name": folder.name, "folder": str(folder), "error": error.one_line()})
+    return entries
+
+
+def import_model(source: str | Path, name: str | None = None, cache_dir: str | Path | None = None,
+                 overwrite: bool = False) -> Path:
+    """Copy a verified model folder into the cache (card + the files it lists; atomically, under the lock)."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise ModelError("import expects a model folder (with model.json)", source)
+    verify_model(source)
+    card = ModelCard.load(source)
+    target = models_dir(cache_dir) / validate_name(name or card.name)
+    if (target / CARD_FILE).exists() and not overwrite:
+        raise UsageError(f"model {target.name!r} already exists in the cache; pass --overwrite or choose --name", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    card.name = target.name
+    with model_lock(target), atomic_dir(target) as tmp:
+        for relative in card.files:
+            destination = tmp / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(_inside(source, relative), destination)
+        card.save(tmp)
+        verify_model(tmp)
+    return target
+
+
+def remove_model(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Delete a cached model folder (only folders inside the cache, never arbitrary paths)."""
+    folder = models_dir(cache_dir) / validate_name(name)
+    if not folder.is_dir():
+        raise ModelError(f"model {name!r} is not in the cache", folder)
+    with model_lock(folder):
+        shutil.rmtree(folder)
+    return folder
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """Resolve a card-listed file name, refusing names that escape the model folder."""
+    path = (folder / relative).resolve()
+    if folder.resolve() not in path.parents:
+        raise ModelError(f"model card lists a file outside the model folder: {relative!r}", folder / CARD_FILE)
+    return path

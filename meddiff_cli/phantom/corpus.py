@@ -1,0 +1,1 @@
+def write_phantom_corpus(*a, **k): raise NotImplementedError

@@ -1,0 +1,420 @@
+"""Running the per-case transform over a corpus: discovery, pairing, workers, resumable manifest.
+
+Only the main process writes ``manifest.json`` and ``errors.json`` (atomically, after every case),
+so a killed run leaves a valid folder that the next run resumes. Workers each hold one volume at a
+time, so memory is bounded by one volume per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from meddiff_cli.errors import BadInputError, InputNotFoundError, MeddiffError, UsageError
+from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps, sha256_file
+from meddiff_cli.io import CaseSource, discover_cases, read_case, write_nifti
+from meddiff_cli.preprocess.manifest import (
+    ERRORS_NAME,
+    MANIFEST_NAME,
+    load_manifest,
+    new_manifest,
+    settings_differences,
+)
+from meddiff_cli.preprocess.transform import PreprocessSettings, harmonise_label, harmonise_volume, orientation_codes
+
+PHANTOM_FORMAT = "meddiff-phantom"
+LOCK_NAME = ".meddiff-preprocess.lock"
+CaseCallback = Callable[[dict[str, Any], int, int], None]
+
+
+@dataclass
+class PreprocessResult:
+    """What a run did. ``cases`` has one ``{"case_id", "source", "status", ...}`` per input case."""
+
+    out_dir: Path
+    cases: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for case in self.cases if case["status"] == status)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [case for case in self.cases if case["status"] == "failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out_dir),
+            "done": self.count("done"),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "cases": sorted(self.cases, key=lambda case: case["case_id"]),
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one case (small and picklable: paths, not voxels)."""
+
+    case: CaseSource
+    label: CaseSource | None
+    out_dir: Path
+    settings: PreprocessSettings
+
+
+@dataclass
+class _Inputs:
+    cases: list[CaseSource]
+    labels: dict[str, CaseSource | None]  # case_id -> label source; absent key: this case has no label source
+    label_names: dict[str, int] | None
+    modality: str | None  # from phantom manifests, if any
+
+
+def preprocess_cases(
+    inputs: list[Path],
+    out_dir: Path,
+    settings: PreprocessSettings,
+    labels_dir: Path | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    on_case_done: CaseCallback | None = None,
+) -> PreprocessResult:
+    """Preprocess every case found under ``inputs`` into ``out_dir`` (see docs/formats.md).
+
+    Failed cases are recorded in ``errors.json`` and in the result; they do not stop the run.
+    Raises :class:`InputNotFoundError` when nothing is found, :class:`UsageError` when ``out_dir``
+    was made with other settings (unless ``overwrite``) or another run holds it.
+    """
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    out_dir = Path(out_dir)
+    found = _gather_inputs([Path(p) for p in inputs], Path(labels_dir) if labels_dir else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(out_dir / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise UsageError("another `meddiff preprocess` run is writing to this folder", out_dir) from None
+    try:
+        return _run(found, out_dir, settings, workers, overwrite, on_case_done)
+    finally:
+        lock.release()
+
+
+def _run(
+    found: _Inputs,
+    out_dir: Path,
+    settings: PreprocessSettings,
+    workers: int,
+    overwrite: bool,
+    on_case_done: CaseCallback | None,
+) -> PreprocessResult:
+    previous = _previous_manifest(out_dir, overwrite)
+    modality = _resolve_modality(settings, found, previous)
+    settings = settings.resolved(modality)
+    manifest = new_manifest(settings, found.label_names)
+    if previous is not None:
+        differences = settings_differences(previous, settings)
+        if differences and not overwrite:
+            raise UsageError(
+                f"this folder was preprocessed with other settings ({'; '.join(differences)}); "
+                "pass --overwrite to redo every case with the new settings, or choose another --out",
+                out_dir,
+            )
+        if not differences:
+            manifest["cases"] = list(previous["cases"])
+            manifest["labels"] = found.label_names if found.label_names is not None else previous["labels"]
+        else:
+            _remove_outputs(out_dir, previous["cases"], keep=set())
+    for folder in (out_dir, out_dir / "images", out_dir / "labels"):
+        remove_stale_temps(folder)
+
+    result = PreprocessResult(out_dir)
+    recorded = {case["case_id"]: case for case in manifest["cases"]}
+    jobs: list[_Job] = []
+    total = len(found.cases)
+    for case in found.cases:
+        entry = recorded.get(case.case_id)
+        status = _existing_status(entry, case, out_dir, overwrite)
+        if status == "skipped":
+            _finish(result, {"case_id": case.case_id, "source": str(case.path), "status": "skipped"}, total, on_case_done)
+        elif status is not None:
+            _finish(result, _failure(case, status), total, on_case_done)
+        elif case.case_id in found.labels and found.labels[case.case_id] is None:
+            _finish(result, _failure(case, "no label map with this case id in the labels folder"), total, on_case_done)
+        else:
+            jobs.append(_Job(case, found.labels.get(case.case_id), out_dir, settings))
+
+    errors: list[dict[str, Any]] = [
+        {"source": c["source"], "case_id": c["case_id"], "error": c["error"]} for c in result.failed
+    ]
+
+    def record(outcome: dict[str, Any]) -> None:
+        if outcome["status"] == "done":
+            recorded[outcome["case_id"]] = outcome.pop("entry")
+            manifest["cases"] = [recorded[key] for key in sorted(recorded)]
+            atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+        else:
+            errors.append({key: outcome[key] for key in ("source", "case_id", "error")})
+            atomic_write_json(out_dir / ERRORS_NAME, errors)
+        _finish(result, outcome, total, on_case_done)
+
+    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    if errors:
+        atomic_write_json(out_dir / ERRORS_NAME, errors)
+    _execute(jobs, workers, record)
+    if not errors:
+        (out_dir / ERRORS_NAME).unlink(missing_ok=True)
+    return result
+
+
+def _execute(jobs: list[_Job], workers: int, record: Callable[[dict[str, Any]], None]) -> None:
+    """Run jobs inline (one worker) or in a process pool; ``record`` is always called in this process."""
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            record(process_job(job))
+        return
+    # spawn, not fork: the parent may hold torch/OpenMP threads, which fork can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        pending: dict[Future, _Job] = {pool.submit(process_job, job): job for job in jobs}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        outcome = _failure(job.case, "worker process died (out of memory?)")
+                    record(outcome)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def process_job(job: _Job) -> dict[str, Any]:
+    """Worker entry point: one case in, its outputs written, its manifest entry (or error) out."""
+    try:
+        entry = _process_case(job)
+    except MeddiffError as error:
+        return _failure(job.case, error.message)
+    except MemoryError:
+        return _failure(job.case, "out of memory")
+    except Exception as error:  # a bug for one case must not lose the others; the message says what
+        return _failure(job.case, f"internal error {type(error).__name__}: {error}")
+    return {"case_id": job.case.case_id, "source": str(job.case.path), "status": "done", "image": entry["image"], "entry": entry}
+
+
+def _process_case(job: _Job) -> dict[str, Any]:
+    settings, case = job.settings, job.case
+    volume = read_case(case, "auto")  # "auto": keep the file's own modality so a mismatch is caught
+    if volume.modality in ("ct", "mri") and volume.modality != settings.modality:
+        raise BadInputError(f"this scan is {volume.modality} but the run preprocesses {settings.modality}")
+    volume.modality = settings.modality
+    image = harmonise_volume(volume, settings)
+    image_rel = f"images/{case.case_id}.nii.gz"
+    write_nifti(image, job.out_dir / image_rel, dtype="float32")
+    entry: dict[str, Any] = {
+        "case_id": case.case_id,
+        "source": str(case.path),
+        "format": case.format,
+        "original_shape": list(volume.shape),
+        "original_spacing": [round(s, 6) for s in volume.spacing],
+        "original_orientation": orientation_codes(volume.affine),
+        "image": image_rel,
+        "label": None,
+        "intensity": image.metadata["intensity"],
+        "sha256": sha256_file(job.out_dir / image_rel),
+        "label_sha256": None,
+    }
+    if job.label is not None:
+        try:
+            label_volume = read_case(job.label, settings.modality)
+            label = harmonise_label(label_volume, volume, settings)
+        except MeddiffError as error:
+            raise BadInputError(f"label {job.label.path}: {error.message}") from None
+        label_rel = f"labels/{case.case_id}.nii.gz"
+        write_nifti(label, job.out_dir / label_rel, dtype="uint8")
+        entry["label"] = label_rel
+        entry["label_sha256"] = sha256_file(job.out_dir / label_rel)
+        entry["label_values"] = sorted(int(v) for v in set(label.array.ravel().tolist()))
+    return entry
+
+
+# ------------------------------------------------------------------------------------------- bookkeeping
+
+
+def _failure(case: CaseSource, message: str) -> dict[str, Any]:
+    return {"case_id": case.case_id, "source": str(case.path), "status": "failed", "error": " ".join(message.split())}
+
+
+def _finish(result: PreprocessResult, outcome: dict[str, Any], total: int, callback: CaseCallback | None) -> None:
+    result.cases.append(outcome)
+    if callback is not None:
+        callback(outcome, len(result.cases), total)
+
+
+def _existing_status(entry: dict[str, Any] | None, case: CaseSource, out_dir: Path, overwrite: bool) -> str | None:
+    """``"skipped"`` when finished outputs are intact, an error message on an id clash, else ``None`` (redo)."""
+    if entry is None or overwrite:
+        return None
+    if not _same_source(entry["source"], case.path):
+        return f"case id already holds {entry['source']} in this folder; pass --overwrite or choose another --out"
+    outputs = [(entry["image"], entry["sha256"])]
+    if entry["label"] is not None:
+        outputs.append((entry["label"], entry["label_sha256"]))
+    for relative, digest in outputs:
+        path = out_dir / relative
+        if not path.is_file() or sha256_file(path) != digest:
+            return None
+    return "skipped"
+
+
+def _same_source(recorded: str, path: Path) -> bool:
+    """The recorded source is this input, however it was spelled (relative, absolute, via a link)."""
+    if recorded == str(path):
+        return True
+    try:
+        return Path(recorded).exists() and Path(recorded).resolve() == Path(path).resolve()
+    except OSError:
+        return False
+
+
+def _previous_manifest(out_dir: Path, overwrite: bool) -> dict[str, Any] | None:
+    if not (out_dir / MANIFEST_NAME).exists():
+        return None
+    try:
+        return load_manifest(out_dir)
+    except BadInputError as error:
+        if overwrite:
+            return None
+        raise UsageError(f"{error.message}; pass --overwrite to start this folder afresh", out_dir / MANIFEST_NAME) from None
+
+
+def _remove_outputs(out_dir: Path, cases: list[dict[str, Any]], keep: set[str]) -> None:
+    """Delete outputs made with superseded settings so the folder never mixes two grids."""
+    for case in cases:
+        if case["case_id"] in keep:
+            continue
+        for key in ("image", "label"):
+            if case.get(key):
+                (out_dir / case[key]).unlink(missing_ok=True)
+
+
+def _resolve_modality(settings: PreprocessSettings, found: _Inputs, previous: dict[str, Any] | None) -> str:
+    """``--modality`` if given, else the phantom manifest's, the existing output's, or the first scan's."""
+    if settings.modality != "auto":
+        return settings.modality
+    if found.modality:
+        return found.modality
+    if previous is not None:
+        return previous["modality"]
+    # Only DICOM carries a modality; each DICOM case is checked against it again in its worker.
+    dicom = next((case for case in found.cases if case.format == "dicom"), None)
+    first = read_case(dicom, "auto").modality if dicom is not None else "unknown"
+    if first not in ("ct", "mri"):
+        raise UsageError(
+            "cannot tell whether the input is CT or MRI (only DICOM headers and phantom manifests say): "
+            "pass --modality ct or --modality mri"
+        )
+    return first
+
+
+# -------------------------------------------------------------------------------------------- discovery
+
+
+def _gather_inputs(inputs: list[Path], labels_dir: Path | None) -> _Inputs:
+    """Expand phantom folders into their images/labels, discover cases, pair label maps with cases."""
+    if not inputs:
+        raise InputNotFoundError("no INPUT given")
+    for path in inputs:
+        if not path.exists():
+            raise InputNotFoundError("no such file or folder", path)
+    if labels_dir is not None and not labels_dir.is_dir():
+        raise InputNotFoundError("labels folder not found", labels_dir)
+
+    scan_inputs: list[Path] = []
+    phantom_labels: dict[Path, Path] = {}  # images folder -> labels folder
+    names: dict[str, int] | None = None
+    modalities: set[str] = set()
+    for path in inputs:
+        phantom = _phantom_manifest(path)
+        if phantom is None:
+            scan_inputs.append(path)
+            continue
+        scan_inputs.append(path / "images")
+        if (path / "labels").is_dir():
+            phantom_labels[(path / "images").resolve()] = path / "labels"
+        if phantom.get("modality") in ("ct", "mri"):
+            modalities.add(phantom["modality"])
+        if isinstance(phantom.get("labels"), dict):
+            names = {**(names or {}), **_label_names(phantom["labels"])}
+    if len(modalities) > 1:
+        raise UsageError(f"phantom inputs mix modalities {sorted(modalities)}: preprocess them separately")
+
+    cases = discover_cases(scan_inputs)
+    if not cases:
+        raise InputNotFoundError(f"no volumes found in {', '.join(str(p) for p in inputs)}")
+
+    labels: dict[str, CaseSource | None] = {}
+    by_id: dict[str, CaseSource] = {}
+    if labels_dir is not None:
+        by_id = {label.case_id: label for label in discover_cases([labels_dir])}
+        if not by_id:
+            raise InputNotFoundError("no label maps found", labels_dir)
+        names = names or _dataset_json_names(labels_dir)
+    for case in cases:
+        if labels_dir is not None:
+            labels[case.case_id] = by_id.get(case.case_id) or by_id.get(_strip_channel(case.case_id))
+            continue
+        folder = phantom_labels.get(Path(case.path).parent.resolve())
+        if folder is not None:
+            candidate = folder / Path(case.path).name
+            labels[case.case_id] = discover_cases([candidate])[0] if candidate.is_file() else None
+    return _Inputs(cases, labels, names, modalities.pop() if modalities else None)
+
+
+def _phantom_manifest(path: Path) -> dict[str, Any] | None:
+    manifest = path / MANIFEST_NAME
+    if not (path.is_dir() and manifest.is_file()):
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == PHANTOM_FORMAT else None
+
+
+def _label_names(raw: dict[str, Any]) -> dict[str, int]:
+    """Accept ``{name: value}`` or ``{value: name}`` and return ``{name: value}`` sorted by value."""
+    pairs = []
+    for key, value in raw.items():
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit() and not key.isdigit()):
+            pairs.append((str(key), int(value)))
+        else:
+            pairs.append((str(value), int(key)))
+    return dict(sorted(pairs, key=lambda pair: pair[1]))
+
+
+def _dataset_json_names(labels_dir: Path) -> dict[str, int] | None:
+    """Label names from an nnU-Net ``dataset.json`` beside or inside the labels folder, if any."""
+    for candidate in (labels_dir / "dataset.json", labels_dir.parent / "dataset.json"):
+        try:
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+            return _label_names(data["labels"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return None
+
+
+def _strip_channel(case_id: str) -> str:
+    """nnU-Net names images ``<case>_0000``: pair them with ``<case>`` label maps."""
+    return case_id[:-5] if case_id.endswith("_0000") else case_id

@@ -1,0 +1,76 @@
+"""From model space to files: intensity inversion, geometry, and the NIfTI / DICOM / npy writers."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.fsutil import atomic_path, sha256_file
+from meddiff_cli.io.nifti import write_nifti
+from meddiff_cli.io.volume import Volume
+
+FORMATS = ("nifti", "dicom", "npy")
+DEFAULT_MRI_RANGE = (0.0, 1000.0)
+
+
+def output_name(modality: str, index: int, fmt: str) -> str:
+    """File (or DICOM folder) name of volume ``index``; stable so that reruns find finished volumes."""
+    stem = f"synth_{modality}_{index:04d}"
+    return {"nifti": stem + ".nii.gz", "npy": stem + ".npy", "dicom": stem}[check_format(fmt)]
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def centred_ras_affine(shape: tuple[int, ...] | list[int], spacing: tuple[float, ...] | list[float]) -> np.ndarray:
+    """Axis-aligned RAS+ voxel→mm affine with the volume centre at the world origin (axial slices along k)."""
+    spacing_arr = np.asarray(spacing, dtype=np.float64)
+    affine = np.diag([*spacing_arr, 1.0])
+    affine[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1.0) / 2.0 * spacing_arr
+    return affine
+
+
+def to_physical(model_space: np.ndarray, mapping: dict[str, Any]) -> np.ndarray:
+    """[-1, 1] → physical units: CT window back to HU; MRI percentile mapping to its output range (a.u.)."""
+    kind = mapping.get("kind")
+    if kind == "ct_window":
+        low, high = (float(v) for v in mapping["window"])
+    elif kind == "percentile":
+        low, high = (float(v) for v in mapping.get("output_range", DEFAULT_MRI_RANGE))
+    else:
+        raise ModelError(f"model card has an unknown intensity mapping kind {kind!r}")
+    clipped = np.clip(np.asarray(model_space, dtype=np.float64), -1.0, 1.0)
+    return ((clipped + 1.0) / 2.0 * (high - low) + low).astype(np.float32)
+
+
+def write_output(volume: Volume, path: Path, fmt: str, model_name: str, index: int) -> None:
+    """Write one finished volume under its final name (atomically, whatever the format)."""
+    if fmt == "nifti":
+        write_nifti(volume, path, dtype="int16" if volume.modality == "ct" else "float32")
+    elif fmt == "npy":
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, volume.array.astype(np.float32, copy=False))
+    else:
+        from meddiff_cli.io import write_dicom_series
+
+        write_dicom_series(
+            volume, path, modality=volume.modality, model_name=model_name,
+            series_description=f"SYNTHETIC {volume.modality.upper()} {index:04d} model {model_name} (meddiff)",
+        )
+
+
+def output_sha256(path: Path) -> str:
+    """sha256 of a file, or of a DICOM folder (over its sorted file names and their sha256)."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()

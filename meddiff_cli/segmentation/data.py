@@ -1,0 +1,199 @@
+"""Labelled cases for the augment-seg experiment: pair images with label maps, harmonise, split.
+
+Images and label maps are paired by case id (the file name without its extension). Every volume
+goes through the shared preprocessing (:func:`meddiff_cli.preprocess.transform.harmonise_volume` and
+``harmonise_label``) so the segmentation network sees exactly what the generative model sees.
+Case ids never leave this module: outputs refer to cases by their index in sorted-id order, because
+file names of real scans can carry patient identifiers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from meddiff_cli.errors import BadInputError, InputNotFoundError, UsageError
+from meddiff_cli.io import CaseSource, Volume, discover_cases, read_case
+from meddiff_cli.preprocess.transform import PreprocessSettings, harmonise_label, harmonise_volume
+
+TEST_SPLIT_SEED = 0
+"""The --test-fraction split uses its own fixed seed: the test set must not change with --seeds."""
+
+
+@dataclass(frozen=True)
+class CasePair:
+    case_id: str
+    image: CaseSource
+    label: CaseSource | None
+
+
+@dataclass
+class LabelledSet:
+    """Harmonised cases, stacked: images float32 [N, X, Y, Z] in [-1, 1]; labels int64 class indices or None."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    spacing: tuple[float, float, float]
+
+
+@dataclass
+class ClassMap:
+    """Label-map values (any integers 1..255) mapped to contiguous class indices 1..C; 0 is background."""
+
+    values: list[int]
+    names: list[str]
+    lookup: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lookup = np.full(256, -1, dtype=np.int64)
+        self.lookup[0] = 0
+        for index, value in enumerate(self.values, start=1):
+            self.lookup[value] = index
+
+    @property
+    def n_classes(self) -> int:
+        """Foreground classes (the network predicts n_classes + 1 channels)."""
+        return len(self.values)
+
+    def to_indices(self, label: np.ndarray, path: Path) -> np.ndarray:
+        indices = self.lookup[label.astype(np.int64)]
+        if np.any(indices < 0):
+            unknown = sorted(set(np.unique(label[indices < 0]).astype(int).tolist()))
+            raise BadInputError(f"label values {unknown} do not occur in the training/test label maps", path)
+        return indices
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [{"index": i, "value": v, "name": n} for i, (v, n) in enumerate(zip(self.values, self.names), start=1)]
+
+
+def list_volumes(folder: Path) -> dict[str, CaseSource]:
+    """Case id -> volume for every volume the foundation can read in ``folder`` (any format, recursive)."""
+    if not folder.is_dir():
+        raise InputNotFoundError("folder not found", folder)
+    return {case.case_id: case for case in discover_cases([folder])}
+
+
+def pair_cases(images_dir: Path, labels_dir: Path | None) -> list[CasePair]:
+    """Images paired with label maps by case id, sorted by id. An unpaired image or label is an error."""
+    images = list_volumes(images_dir)
+    if labels_dir is None:
+        return [CasePair(case_id, case, None) for case_id, case in sorted(images.items())]
+    labels = list_volumes(labels_dir)
+    for case_id, case in sorted(images.items()):
+        if case_id not in labels:
+            raise BadInputError(f"image has no label map with the same case id in {labels_dir}", case.path)
+    for case_id, case in sorted(labels.items()):
+        if case_id not in images:
+            raise BadInputError(f"label map has no image with the same case id in {images_dir}", case.path)
+    return [CasePair(case_id, images[case_id], labels[case_id]) for case_id in sorted(images)]
+
+
+def split_folder(folder: Path) -> tuple[Path, Path | None]:
+    """A corpus folder (``images/`` + optional ``labels/``, as ``meddiff phantom`` writes) or a flat image folder."""
+    if (folder / "images").is_dir():
+        labels = folder / "labels"
+        return folder / "images", labels if labels.is_dir() else None
+    return folder, None
+
+
+def read_manifest_labels(labels_dir: Path) -> tuple[dict[int, str], str | None]:
+    """Label names {value: name} and modality from a ``labels.json`` sidecar or a corpus ``manifest.json``.
+
+    Looked for in the labels folder, then beside it (a phantom/preprocess corpus keeps its manifest
+    one level up from ``labels/``). Both ``{"labels": {name: value}}`` and a bare ``{name: value}``
+    are accepted.
+    """
+    candidates = [labels_dir / "labels.json", labels_dir / "manifest.json",
+                  labels_dir.parent / "labels.json", labels_dir.parent / "manifest.json"]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadInputError(f"unreadable label sidecar ({error})", path) from None
+        if not isinstance(document, dict):
+            continue
+        table = document.get("labels", document if path.name == "labels.json" else None)
+        modality = document.get("modality") if isinstance(document.get("modality"), str) else None
+        if not isinstance(table, dict):
+            continue
+        try:
+            names = {int(value): str(name) for name, value in table.items() if int(value) != 0}
+        except (TypeError, ValueError):
+            raise BadInputError("'labels' must map names to integer values", path) from None
+        return names, modality
+    return {}, None
+
+
+def class_map_from(label_arrays: list[np.ndarray], names: dict[int, str]) -> ClassMap:
+    """The classes present in any of the label maps, named by the sidecar or ``label_<v>``."""
+    present = sorted({int(v) for array in label_arrays for v in np.unique(array) if v != 0})
+    if not present:
+        raise BadInputError("all label maps are empty (background only): nothing to segment")
+    return ClassMap(present, [names.get(v, f"label_{v}") for v in present])
+
+
+def fit_spacing(volumes: list[Volume], size: int) -> tuple[float, float, float]:
+    """Isotropic spacing at which the largest scan's field of view fits a ``size``-voxel cube.
+
+    One spacing for all cases keeps anatomy at one scale (and HD95 in mm comparable across cases).
+    """
+    extents = [np.asarray(v.shape) * np.asarray(v.spacing) for v in volumes]
+    spacing = float(max(float(np.max(e)) for e in extents)) / size
+    return (spacing, spacing, spacing)
+
+
+def read_pair(pair: CasePair, modality: str) -> tuple[Volume, Volume | None]:
+    image = read_case(pair.image, modality)
+    label = read_case(pair.label, modality) if pair.label is not None else None
+    if label is not None and label.shape != image.shape:
+        raise BadInputError(f"label map shape {label.shape} differs from its image's shape {image.shape}",
+                            pair.label.path)
+    return image, label
+
+
+def harmonise_pairs(
+    raw: list[tuple[CasePair, Volume, Volume | None]],
+    settings: PreprocessSettings,
+    classes: ClassMap | None,
+) -> LabelledSet:
+    """Harmonise every image (and its label map, nearest neighbour) onto the settings' grid."""
+    images, labels = [], []
+    for pair, image, label in raw:
+        harmonised = harmonise_volume(image, settings)
+        images.append(harmonised.array.astype(np.float32))
+        if label is not None and classes is not None:
+            try:
+                label_grid = harmonise_label(label, image, settings)
+            except BadInputError as error:
+                raise BadInputError(error.message, pair.label.path) from None
+            labels.append(classes.to_indices(label_grid.array, pair.label.path))
+    spacing = tuple(float(s) for s in settings.resolved(raw[0][1].modality).spacing)
+    stacked_labels = np.stack(labels) if labels and len(labels) == len(images) else None
+    return LabelledSet(np.stack(images), stacked_labels, spacing)  # type: ignore[arg-type]
+
+
+def fraction_split(n_cases: int, fraction: float) -> tuple[list[int], list[int]]:
+    """(train, test) indices: a fixed-seed random ``fraction`` of the cases held out for testing."""
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"--test-fraction must be between 0 and 1, got {fraction}")
+    n_test = max(1, int(round(fraction * n_cases)))
+    if n_test >= n_cases:
+        raise UsageError(f"--test-fraction {fraction} leaves no training case out of {n_cases}")
+    order = np.random.default_rng(TEST_SPLIT_SEED).permutation(n_cases)
+    return sorted(order[n_test:].tolist()), sorted(order[:n_test].tolist())
+
+
+def labelled_subset(n_pool: int, k: int, seed: int) -> list[int]:
+    """The K training cases for one seed: the first K of a seed-specific permutation.
+
+    Every arm uses the same subset for a (K, seed) pair (the paired design), and the subsets are
+    nested across K for one seed (the K=2 cases are among the K=4 cases), so K is the only change.
+    """
+    if k > n_pool:
+        raise UsageError(f"--n-labelled {k} needs {k} labelled training cases, only {n_pool} available")
+    return sorted(np.random.default_rng(seed).permutation(n_pool)[:k].tolist())

@@ -1,0 +1,301 @@
+"""The augment-seg experiment: does synthetic data help a segmentation network when labels are scarce?
+
+For every seed and every K in ``n_labelled`` (see docs/augment-seg.md):
+
+* arm A trains the network from scratch on K labelled volumes;
+* arm B first pre-trains the same network self-supervised on the synthetic volumes (restoration of
+  corrupted volumes, once per seed), transfers every weight but the head, then fine-tunes on the
+  same K volumes with the same budget, batches and augmentations as arm A;
+* arm C (optional) trains from scratch on the K real volumes plus the labelled synthetic volumes.
+
+Each model is scored on the same held-out test set; the paired A-vs-B comparison uses the
+(K, seed) pairs, which share their labelled subset, initial head weights and batch order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meddiff_cli.errors import UsageError
+from meddiff_cli.fsutil import atomic_write_json
+from meddiff_cli.io import Volume
+from meddiff_cli.preprocess.transform import PreprocessSettings
+from meddiff_cli.segmentation.data import (
+    CasePair,
+    ClassMap,
+    LabelledSet,
+    class_map_from,
+    fit_spacing,
+    fraction_split,
+    harmonise_pairs,
+    labelled_subset,
+    pair_cases,
+    read_manifest_labels,
+    read_pair,
+    split_folder,
+)
+from meddiff_cli.segmentation.metrics import mean_std, paired_comparison, score_predictions
+from meddiff_cli.segmentation.network import NetworkConfig, SegmentationNet, save_network, transfer_body
+from meddiff_cli.segmentation.plot import plot_dice_vs_k
+from meddiff_cli.segmentation.training import TrainBudget, predict, pretrain_restoration, train_segmentation
+from meddiff_cli.train.distributed import resolve_device
+
+RESULTS_FORMAT = "meddiff-augment-seg"
+RESULTS_VERSION = 1
+RESULTS_NAME = "results.json"
+PLOT_NAME = "dice_vs_k.png"
+MODELS_DIR = "models"
+PRETRAIN_METHODS = ("ssl",)
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    images: Path
+    labels: Path
+    synthetic: Path
+    test_images: Path | None = None
+    test_labels: Path | None = None
+    test_fraction: float = 0.25
+    n_labelled: tuple[int, ...] = (2, 4, 8)
+    seeds: int = 3
+    pretrain: str = "ssl"
+    epochs: int = 30
+    pretrain_epochs: int = 30
+    steps_per_epoch: int = 4
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    size: int = 48
+    spacing: float | None = None
+    modality: str = "auto"
+    device: str = "auto"
+    arm_c: bool = False
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    def validate(self) -> None:
+        if (self.test_images is None) != (self.test_labels is None):
+            raise UsageError("--test-images and --test-labels go together")
+        if not self.n_labelled or min(self.n_labelled) < 1:
+            raise UsageError("--n-labelled needs positive integers, e.g. 2,4,8")
+        if self.seeds < 1 or self.epochs < 1 or self.pretrain_epochs < 1 or self.steps_per_epoch < 1:
+            raise UsageError("--seeds, --epochs, --pretrain-epochs and --steps-per-epoch must be at least 1")
+        if self.batch_size < 1 or not self.learning_rate > 0:
+            raise UsageError("--batch-size must be at least 1 and --lr positive")
+        if self.pretrain not in PRETRAIN_METHODS:
+            raise UsageError(f"--pretrain must be one of {', '.join(PRETRAIN_METHODS)}, got {self.pretrain!r}")
+        divisor = self.network.divisor
+        if self.size < divisor or self.size % divisor:
+            raise UsageError(f"--size must be a multiple of {divisor} (the UNet halves it {len(self.network.strides)} times)")
+        if self.spacing is not None and not self.spacing > 0:
+            raise UsageError("--spacing must be positive millimetres")
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything that shapes the numbers; folder paths are left out (they may name patients)."""
+        skip = {"images", "labels", "synthetic", "test_images", "test_labels", "network"}
+        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in skip}
+        data["test_split"] = "folders" if self.test_images is not None else f"fraction {self.test_fraction}"
+        return data
+
+
+@dataclass
+class PreparedData:
+    """Everything the arms need, harmonised: the labelled pool, test set and synthetic volumes."""
+
+    pool: LabelledSet
+    test: LabelledSet
+    synthetic: LabelledSet
+    classes: ClassMap
+    preprocess: PreprocessSettings
+    split: dict[str, Any]
+
+
+def _resolve_modality(requested: str, manifest_modality: str | None, first_image: Volume) -> str:
+    if requested in ("ct", "mri"):
+        return requested
+    for candidate in (manifest_modality, first_image.modality):
+        if candidate:
+            candidate = candidate.lower()
+            candidate = "mri" if candidate in ("mr", "mri") else candidate
+            if candidate in ("ct", "mri"):
+                return candidate
+    raise UsageError("cannot tell whether the scans are CT or MRI (no manifest or DICOM header says): pass --modality ct or --modality mri")
+
+
+def prepare_data(settings: ExperimentSettings, progress: ProgressCallback | None = None) -> PreparedData:
+    """Pair, read, check and harmonise every case; derive classes, spacing and the train/test split."""
+    say = progress or (lambda _message: None)
+    pairs = pair_cases(settings.images, settings.labels)
+    if settings.test_images is not None:
+        pool_pairs, test_pairs = pairs, pair_cases(settings.test_images, settings.test_labels)
+        split = {"kind": "folders", "n_train_pool": len(pool_pairs), "n_test": len(test_pairs)}
+    else:
+        train_idx, test_idx = fraction_split(len(pairs), settings.test_fraction)
+        pool_pairs, test_pairs = [pairs[i] for i in train_idx], [pairs[i] for i in test_idx]
+        split = {"kind": "fraction", "fraction": settings.test_fraction, "split_seed": 0,
+                 "test_case_indices": test_idx, "n_train_pool": len(pool_pairs), "n_test": len(test_pairs)}
+    if max(settings.n_labelled) > len(pool_pairs):
+        raise UsageError(f"--n-labelled {max(settings.n_labelled)} needs that many labelled training cases; "
+                         f"only {len(pool_pairs)} remain after holding out {len(test_pairs)} for testing")
+    synthetic_images, synthetic_labels = split_folder(settings.synthetic)
+    if settings.arm_c and synthetic_labels is None:
+        raise UsageError(f"--arm-c needs synthetic label maps in {settings.synthetic / 'labels'}")
+    synthetic_pairs = pair_cases(synthetic_images, synthetic_labels if settings.arm_c else None)
+
+    names, manifest_modality = read_manifest_labels(settings.labels)
+    say(f"reading {len(pool_pairs)} training, {len(test_pairs)} test and {len(synthetic_pairs)} synthetic volumes")
+    raw_requested = settings.modality if settings.modality in ("ct", "mri") else "auto"
+
+    def read_all(group: list[CasePair]) -> list[tuple[CasePair, Volume, Volume | None]]:
+        return [(pair, *read_pair(pair, raw_requested)) for pair in group]
+
+    pool_raw, test_raw, synthetic_raw = read_all(pool_pairs), read_all(test_pairs), read_all(synthetic_pairs)
+    modality = _resolve_modality(settings.modality, manifest_modality, pool_raw[0][1])
+    for _pair, image, _label in pool_raw + test_raw + synthetic_raw:
+        image.modality = modality
+    classes = class_map_from([label.array for _p, _i, label in pool_raw + test_raw if label is not None], names)
+    spacing = ((settings.spacing,) * 3 if settings.spacing
+               else fit_spacing([image for _p, image, _l in pool_raw + test_raw], settings.size))
+    preprocess = PreprocessSettings(modality=modality, spacing=spacing, size=(settings.size,) * 3)
+    say(f"harmonising to {settings.size}^3 at {spacing[0]:.2f} mm ({modality}); classes: "
+        + ", ".join(f"{v}={n}" for v, n in zip(classes.values, classes.names)))
+    pool = harmonise_pairs(pool_raw, preprocess, classes)
+    test = harmonise_pairs(test_raw, preprocess, classes)
+    synthetic = harmonise_pairs(synthetic_raw, preprocess, classes if settings.arm_c else None)
+    return PreparedData(pool, test, synthetic, classes, preprocess, split)
+
+
+def _budget(settings: ExperimentSettings, epochs: int) -> TrainBudget:
+    return TrainBudget(epochs, settings.steps_per_epoch, settings.batch_size, settings.learning_rate)
+
+
+def _fresh_network(config: NetworkConfig, seed: int) -> SegmentationNet:
+    """Initial weights depend on the seed only, so arms at the same seed start from the same head."""
+    torch.manual_seed(seed)
+    return SegmentationNet(config)
+
+
+def run_experiment(settings: ExperimentSettings, out_dir: Path, progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Run every arm for every (K, seed), write models, ``results.json`` and the plot; return the results."""
+    settings.validate()
+    say = progress or (lambda _message: None)
+    device = resolve_device(settings.device)
+    data = prepare_data(settings, say)
+    class_names = data.classes.names
+    seg_config = settings.network.with_out_channels(data.classes.n_classes + 1)
+    ssl_config = settings.network.with_out_channels(1)
+    pool_images, pool_labels = torch.from_numpy(data.pool.images), torch.from_numpy(data.pool.labels)
+    test_images, test_labels = torch.from_numpy(data.test.images), torch.from_numpy(data.test.labels)
+    synthetic_images = torch.from_numpy(data.synthetic.images)
+    synthetic_labels = torch.from_numpy(data.synthetic.labels) if data.synthetic.labels is not None else None
+    arms = ["A", "B"] + (["C"] if settings.arm_c else [])
+    models_dir = out_dir / MODELS_DIR
+    common_sidecar = {"format": "meddiff-augment-seg-model", "synthetic_data_used": True,
+                      "classes": data.classes.to_json(), "preprocess": data.preprocess.to_json(),
+                      "input": "1 x size^3 volume harmonised by meddiff preprocess settings above, values in [-1, 1]",
+                      "output": "logits over [background, classes...] (argmax = class index)"}
+    runs: list[dict[str, Any]] = []
+    pretraining: list[dict[str, Any]] = []
+    for seed in range(settings.seeds):
+        pretrained = None
+        if "B" in arms:
+            started = time.monotonic()
+            pretrained = _fresh_network(ssl_config, seed)
+            losses = pretrain_restoration(pretrained, synthetic_images, _budget(settings, settings.pretrain_epochs),
+                                          seed, device, say, label=f"seed {seed} pretrain (B, ssl)")
+            name = f"pretrain_seed{seed}.safetensors"
+            save_network(pretrained.cpu(), models_dir / name, {**common_sidecar, "arm": "B-pretrain", "seed": seed,
+                                                             "task": "restoration of corrupted synthetic volumes"})
+            pretraining.append({"seed": seed, "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1],
+                                "seconds": round(time.monotonic() - started, 2), "model": f"{MODELS_DIR}/{name}"})
+        for k in settings.n_labelled:
+            subset = labelled_subset(pool_images.shape[0], k, seed)
+            images, labels = pool_images[subset], pool_labels[subset]
+            for arm in arms:
+                started = time.monotonic()
+                net = _fresh_network(seg_config, seed)
+                if arm == "B":
+                    transfer_body(pretrained, net)
+                extra = (synthetic_images, synthetic_labels) if arm == "C" else (None, None)
+                losses = train_segmentation(net, images, labels, _budget(settings, settings.epochs),
+                                            seed * 1000 + k, device, say, label=f"seed {seed} K={k} arm {arm}",
+                                            extra_images=extra[0], extra_labels=extra[1])
+                prediction = predict(net, test_images, device, settings.batch_size)
+                scores = score_predictions(prediction, test_labels, class_names, data.test.spacing)
+                name = f"arm-{arm}_k{k}_seed{seed}.safetensors"
+                save_network(net.cpu(), models_dir / name, {**common_sidecar, "arm": arm, "k": k, "seed": seed,
+                                                          "train_case_indices": subset,
+                                                          "test_mean_dice": scores["mean_dice"]})
+                runs.append({"arm": arm, "k": k, "seed": seed, "train_case_indices": subset,
+                             "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1],
+                             "seconds": round(time.monotonic() - started, 2), "model": f"{MODELS_DIR}/{name}", **scores})
+                say(f"seed {seed} K={k} arm {arm}: test mean Dice {_fmt(scores['mean_dice'])}")
+    results = {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "settings": settings.to_json(),
+        "network": seg_config.to_json(),
+        "device": str(device),
+        "data": {**data.split, "n_synthetic": int(synthetic_images.shape[0]),
+                 "n_synthetic_labelled": int(synthetic_labels.shape[0]) if synthetic_labels is not None else 0,
+                 "modality": data.preprocess.modality, "size": settings.size,
+                 "spacing_mm": list(data.test.spacing), "classes": data.classes.to_json()},
+        "pretraining": pretraining,
+        "runs": runs,
+        "summary": summarise(runs, arms, settings.n_labelled, class_names),
+        "paired": paired_tests(runs, arms, settings.n_labelled),
+        "notes": [
+            "Differences are treatment minus baseline in class-averaged test Dice; pairs share K subset, seed and batches.",
+            f"n is small (at most {settings.seeds} per K, {settings.seeds * len(settings.n_labelled)} pooled): "
+            "read the mean differences as effect sizes; with n < 6 a two-sided Wilcoxon test cannot reach p < 0.05.",
+        ],
+    }
+    series = {arm: {k: (entry["mean_dice"]["mean"], entry["mean_dice"]["std"])
+                    for k, entry in ((int(k), e) for k, e in results["summary"][arm].items())
+                    if entry["mean_dice"]["mean"] is not None}
+              for arm in arms}
+    plot_dice_vs_k(series, out_dir / PLOT_NAME,
+                   f"augment-seg: {data.preprocess.modality.upper()} {settings.size}^3, {settings.seeds} seed(s), "
+                   f"{data.split['n_test']} test volumes")
+    atomic_write_json(out_dir / RESULTS_NAME, results)
+    return results
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def summarise(runs: list[dict[str, Any]], arms: list[str], ks: tuple[int, ...], class_names: list[str]) -> dict[str, Any]:
+    """Mean +- std over seeds for every arm and K: class-averaged and per-class Dice and HD95."""
+    summary: dict[str, Any] = {}
+    for arm in arms:
+        summary[arm] = {}
+        for k in ks:
+            group = [r for r in runs if r["arm"] == arm and r["k"] == k]
+            summary[arm][str(k)] = {
+                "mean_dice": mean_std([r["mean_dice"] for r in group]),
+                "mean_hd95_mm": mean_std([r["mean_hd95_mm"] for r in group]),
+                "dice": {c: mean_std([r["dice"][c] for r in group]) for c in class_names},
+                "hd95_mm": {c: mean_std([r["hd95_mm"][c] for r in group]) for c in class_names},
+            }
+    return summary
+
+
+def paired_tests(runs: list[dict[str, Any]], arms: list[str], ks: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Treatment arm vs A on class-averaged Dice, per K and pooled over all (K, seed) pairs."""
+    by_key = {(r["arm"], r["k"], r["seed"]): r["mean_dice"] for r in runs}
+    tests = []
+    for treatment in [arm for arm in arms if arm != "A"]:
+        for k in [*ks, None]:
+            keys = sorted((kk, s) for (arm, kk, s) in by_key if arm == "A" and (k is None or kk == k))
+            keys = [key for key in keys if by_key[("A", *key)] is not None and by_key.get((treatment, *key)) is not None]
+            result = paired_comparison([by_key[("A", *key)] for key in keys], [by_key[(treatment, *key)] for key in keys])
+            tests.append({"comparison": f"{treatment} - A", "k": "all" if k is None else k, **result})
+    return tests
+

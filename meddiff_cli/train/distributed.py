@@ -1,0 +1,104 @@
+"""torch.distributed plumbing for ``torchrun --nproc_per_node=N -m meddiff_cli train …``.
+
+Gradients are averaged with one flat all-reduce per network after ``backward`` — what DDP does — rather
+than wrapping modules in ``DistributedDataParallel``: the GAN step runs the discriminator twice per
+iteration (generator and discriminator passes) and freezes it for the first, which DDP's bucketed hooks
+do not support cleanly. Identical seeds give identical initial weights, and averaged gradients keep every
+rank's weights identical afterwards; rank 0 alone writes checkpoints, previews and progress.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from meddiff_cli.errors import DeviceError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun set up (nccl on CUDA, gloo on CPU); a no-op for a single process."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto|cpu|cuda|cuda:N``; under torchrun, ``auto``/``cuda`` mean this process's local GPU."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec}: no CUDA GPU is available to this torch build; use --device cpu")
+        if spec == "cuda":
+            index = int(os.environ.get("LOCAL_RANK", "0")) if launched_by_torchrun() else 0
+        else:
+            try:
+                index = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise DeviceError(f"--device {spec}: expected cuda:N") from None
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    raise DeviceError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+
+
+def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:
+    """All-reduce (mean) the gradients of ``module`` in one flat buffer."""
+    if not info.active:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> float:
+    if not info.active:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item() / info.world_size)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.active and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,226 @@
+"""Sampling: backend agreement, seed/shard/batch invariance, geometry and units, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import save_random_tiny_model
+from meddiff_cli.errors import DeviceError, ModelError, UsageError
+from meddiff_cli.model.card import ModelCard
+from meddiff_cli.model.store import load_model
+from meddiff_cli.sample import SampleOptions, initial_noise, sample_latents, sample_volumes, volume_seed
+from meddiff_cli.sample.backends import TorchBackend
+from meddiff_cli.sample.pipeline import build_scheduler
+
+STEPS = 4
+
+
+def _sample(out: Path, **overrides) -> dict:
+    options = SampleOptions(modality="ct", count=4, out=out, model="tiny", steps=STEPS, file_format="npy",
+                            device="cpu", batch_size=4)
+    for key, value in overrides.items():
+        setattr(options, key, value)
+    return sample_volumes(options).to_dict()
+
+
+def _arrays(out: Path, modality: str = "ct") -> dict[int, np.ndarray]:
+    return {int(p.stem.split("_")[-1]): np.load(p) for p in sorted(out.glob(f"synth_{modality}_*.npy"))}
+
+
+def test_euler_loop_integrates_velocity_from_noise_to_data(tiny_model):
+    """The pipeline's loop equals a hand-written Euler integration of dx/dt = v from t=T to 0 (MONAI convention)."""
+    card, autoencoder, unet = load_model(tiny_model)
+    backend = TorchBackend(autoencoder, unet, 1.0, "cpu", "fp32")
+    noise = torch.stack([initial_noise(7, i, (4, 8, 8, 8)) for i in range(2)])
+    result = sample_latents(backend, build_scheduler(card), noise, class_id=1, steps=STEPS)
+    x = noise.clone()
+    times = [1000.0 * (1 - i / STEPS) for i in range(STEPS)] + [0.0]
+    with torch.no_grad():
+        for t, next_t in zip(times[:-1], times[1:]):
+            v = unet(x, timesteps=torch.full((2,), t), class_labels=torch.ones(2, dtype=torch.long))
+            x = x + v * (t - next_t) / 1000.0
+    torch.testing.assert_close(result, x, rtol=1e-5, atol=1e-5)
+    heun = sample_latents(backend, build_scheduler(card), noise, class_id=1, steps=STEPS, sampler="heun")
+    assert not torch.allclose(heun, result, atol=1e-4)  # the corrector changes the path
+
+
+def test_onnx_and_torch_backends_give_the_same_volumes(tiny_model, tmp_path):
+    onnx = _sample(tmp_path / "onnx", count=2, backend="onnx")
+    torch_run = _sample(tmp_path / "torch", count=2, backend="torch")
+    assert onnx["provider"] == "CPUExecutionProvider" and torch_run["provider"].startswith("torch-cpu")
+    a, b = _arrays(tmp_path / "onnx"), _arrays(tmp_path / "torch")
+    assert a.keys() == b.keys() == {0, 1}
+    for index in a:
+        assert a[index].std() > 1.0  # real structure in HU, not a constant
+        np.testing.assert_allclose(a[index], b[index], atol=0.5)  # HU; window 2000 HU → 2.5e-4 of the range
+    assert np.abs(a[0] - a[1]).mean() > 1.0  # different seeds, different volumes
+
+
+def test_seed_shard_and_batch_size_do_not_change_a_volume(tiny_model, tmp_path):
+    _sample(tmp_path / "whole", count=4, batch_size=4)
+    _sample(tmp_path / "sharded", count=4, batch_size=1, shard=(1, 2))
+    _sample(tmp_path / "sharded", count=4, batch_size=3, shard=(0, 2))
+    whole, sharded = _arrays(tmp_path / "whole"), _arrays(tmp_path / "sharded")
+    assert whole.keys() == sharded.keys() == {0, 1, 2, 3}
+    for index in whole:
+        np.testing.assert_allclose(whole[index], sharded[index], atol=0.05)
+    manifest = json.loads((tmp_path / "sharded" / "manifest.json").read_text())
+    assert manifest["complete"] and [e["index"] for e in manifest["files"]] == [0, 1, 2, 3]
+    assert [e["seed"] for e in manifest["files"]] == [volume_seed(0, i) for i in range(4)]
+    _sample(tmp_path / "other_seed", count=1, seed=1)
+    assert np.abs(_arrays(tmp_path / "other_seed")[0] - whole[0]).mean() > 1.0
+
+
+def test_nifti_geometry_units_manifest_and_preview(tiny_model, tmp_path):
+    out = tmp_path / "ct"
+    summary = _sample(out, count=2, file_format="nifti", preview=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "meddiff-synthetic" and manifest["synthetic"] and manifest["complete"]
+    assert manifest["model"]["name"] == "tiny" and manifest["steps"] == STEPS and manifest["sampler"] == "euler"
+    card = ModelCard.load(tiny_model)
+    assert manifest["model"]["weights"]["denoiser.safetensors"] == card.files["denoiser.safetensors"]
+    assert manifest["device"] == "cpu" and summary["generated"] == 2
+    for entry in manifest["files"]:
+        image = nib.load(str(out / entry["file"]))
+        data = np.asarray(image.dataobj)
+        assert data.dtype == np.int16 and data.shape == (32, 32, 32)
+        assert data.min() >= -1000 and data.max() <= 1000 and data.std() > 1
+        assert np.allclose(image.header.get_zooms(), (2.0, 2.0, 2.0))
+        assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
+        centre = image.affine @ np.array([15.5, 15.5, 15.5, 1.0])
+        assert np.allclose(centre[:3], 0.0)  # centred on the world origin
+        assert (out / "previews" / (entry["file"].split(".")[0] + ".png")).is_file()
+        from meddiff_cli.fsutil import sha256_file
+        assert sha256_file(out / entry["file"]) == entry["sha256"]
+
+    mri = tmp_path / "mri"
+    _sample(mri, modality="mri", count=1, file_format="nifti")
+    data = np.asarray(nib.load(str(mri / "synth_mri_0000.nii.gz")).dataobj)
+    assert data.dtype == np.float32 and 0.0 <= data.min() and data.max() <= 1000.0 and data.std() > 1
+
+
+def test_dicom_output_is_readable_and_marked_synthetic(tiny_model, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    sitk = pytest.importorskip("SimpleITK")
+    from meddiff_cli.io import read_volume
+
+    _sample(tmp_path / "dcm", count=1, file_format="dicom")
+    _sample(tmp_path / "npy", count=1)
+    series = tmp_path / "dcm" / "synth_ct_0000"
+    assert series.is_dir()
+    volume = read_volume(series)
+    reference = _arrays(tmp_path / "npy")[0]
+    assert volume.shape == (32, 32, 32)
+    assert np.allclose(volume.spacing, (2.0, 2.0, 2.0))
+    assert np.abs(volume.array - reference).max() <= 1.0  # HU stored as integers
+    first = pydicom.dcmread(sorted(series.iterdir())[0])
+    assert first.get((0x0008, 0x001C)).value == "YES"
+    assert "tiny" in first.SeriesDescription and "SYNTHETIC" in first.SeriesDescription.upper()
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    image = reader.Execute()
+    assert image.GetSize() == (32, 32, 32) and np.allclose(image.GetSpacing(), (2.0, 2.0, 2.0))
+
+
+def test_interrupted_run_resumes_without_redoing_finished_volumes(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    _sample(out, count=2, batch_size=1)
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("synth_*.npy")}
+    # a crash while staging volume 2 leaves a temp file; a crash after the manifest update, a missing file
+    (out / ".meddiff-tmp-1234abcd-synth_ct_0002.npy").write_bytes(b"partial")
+    summary = _sample(out, count=4, batch_size=1)
+    assert summary["skipped"] == 2 and summary["generated"] == 2
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("synth_*_000[01].npy")} == finished
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".meddiff-tmp")) == []
+    (out / "synth_ct_0003.npy").unlink()  # listed in the manifest but gone: regenerated
+    kept = {p.name: p.stat().st_ino for p in out.glob("synth_*.npy")}
+    summary = _sample(out, count=4)
+    assert summary["generated"] == 1 and (out / "synth_ct_0003.npy").is_file()
+    assert {p.name: p.stat().st_ino for p in out.glob("synth_*.npy") if p.name in kept} == kept
+    reference = tmp_path / "reference"
+    _sample(reference, count=4)
+    for index, array in _arrays(reference).items():
+        np.testing.assert_allclose(_arrays(out)[index], array, atol=0.05)
+
+
+def test_existing_outputs_are_never_overwritten_without_flag(tiny_model, tmp_path, run_meddiff):
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = out / "synth_ct_0001.nii.gz"
+    foreign.write_bytes(b"not ours")
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "2", "--out", out, "--model", "tiny",
+                               "--steps", "2", "--device", "cpu", "-q")
+    assert code == 2 and "synth_ct_0001.nii.gz" in err and "--overwrite" in err
+    assert foreign.read_bytes() == b"not ours" and not (out / "synth_ct_0000.nii.gz").exists()
+    code, stdout, _ = run_meddiff("sample", "--modality", "ct", "--count", "2", "--out", out, "--model", "tiny",
+                                  "--steps", "2", "--device", "cpu", "--overwrite", "--json", "-q")
+    assert code == 0 and json.loads(stdout)["generated"] == 2 and foreign.read_bytes() != b"not ours"
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "2", "--out", out, "--model", "tiny",
+                               "--steps", "3", "--device", "cpu", "-q")
+    assert code == 2 and "steps" in err  # same folder, other settings: refused, not mixed
+
+
+def test_tampered_weights_are_refused(tiny_model, tmp_path, run_meddiff):
+    weights = tiny_model / "denoiser.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path / "a", "--model",
+                               "tiny", "--backend", "torch", "--device", "cpu", "-q")
+    assert code == 6 and "sha256 mismatch" in err and "denoiser.safetensors" in err
+    graph = tiny_model / "onnx" / "decoder.fp32.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    graph.write_bytes(bytes(data))
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path / "b", "--model",
+                               "tiny", "--device", "cpu", "-q")
+    assert code == 6 and "decoder.fp32.onnx" in err
+    assert not list((tmp_path / "b").glob("synth_*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure on a machine without CUDA")
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_device_cuda_without_cuda_exits_7(tiny_model, tmp_path, run_meddiff, backend):
+    code, stdout, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path, "--model", "tiny",
+                                    "--device", "cuda", "--backend", backend, "--json")
+    assert code == 7 and stdout == ""
+    assert "cuda" in err.lower() and "--device cpu" in " ".join(err.split())
+
+
+def test_missing_model_and_wrong_modality_exit_6(tmp_path, run_meddiff):
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path / "o")
+    assert code == 6 and "default" in err and "meddiff train" in " ".join(err.split())
+    folder = save_random_tiny_model(Path(os.environ["MEDDIFF_HOME"]) / "models" / "ctonly")
+    card = ModelCard.load(folder)
+    card.modalities = ["ct"]
+    card.save(folder)
+    with pytest.raises(ModelError, match="not 'mri'"):
+        _sample(tmp_path / "o", model="ctonly", modality="mri")
+
+
+def test_first_use_exports_onnx_and_json_summary_parses(tmp_path, run_meddiff):
+    folder = save_random_tiny_model(Path(os.environ["MEDDIFF_HOME"]) / "models" / "fresh")
+    assert not (folder / "onnx").exists()
+    code, stdout, err = run_meddiff("sample", "--modality", "mri", "--count", "1", "--out", tmp_path / "o",
+                                    "--model", "fresh", "--steps", "2", "--device", "auto", "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["exported_onnx"] is True and summary["generated"] == 1 and summary["provider"]
+    assert "ran on" in err and "CPUExecutionProvider" in " ".join(err.split())
+    assert "onnx/denoiser.fp32.onnx" in ModelCard.load(folder).files
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--shard", "2/2"], "shard"), (["--steps", "0"], "steps"), (["--format", "png"], "format"),
+    (["--device", "tpu"], "device"), (["--sampler", "ddpm"], "sampler"),
+])
+def test_bad_flags_exit_2(tmp_path, run_meddiff, tiny_model, flags, message):
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path, "--model", "tiny", *flags)
+    assert code == 2 and message in err
