@@ -27,9 +27,14 @@ def display(plane: np.ndarray, flip_columns: bool) -> np.ndarray:
     return rows_up[:, ::-1] if flip_columns else rows_up
 
 
-def mid_slices(array: np.ndarray) -> list[np.ndarray]:
-    """Axial, coronal and sagittal mid-planes in radiological convention (patient's right on the left)."""
+def mid_slices(array: np.ndarray, sagittal_offset: int = 0) -> list[np.ndarray]:
+    """Axial, coronal and sagittal mid-planes in radiological convention (patient's right on the left).
+
+    ``sagittal_offset`` moves the sagittal plane off the midline (a brain's midline is the CSF of the
+    interhemispheric fissure; a few mm aside shows the folded medial cortex).
+    """
     i, j, k = (n // 2 for n in array.shape)
+    i += sagittal_offset
     axial = display(array[:, :, k], flip_columns=True)  # x is RAS+ (right = +x): mirror to put it left
     coronal = display(array[:, j, :], flip_columns=True)
     sagittal = display(array[i, :, :], flip_columns=True)  # anterior on the left, as scanners show it
@@ -47,10 +52,11 @@ def montage(size: int, count: int, out: Path) -> None:
                 low, high = CT_WINDOW
             else:
                 low, high = 0.0, float(np.percentile(image.array, 99.7))
-            tiles.append([to_uint8(plane, low, high) for plane in mid_slices(image.array)])
+            offset = 0 if modality == "ct" else max(1, size // 40)
+            tiles.append([to_uint8(plane, low, high) for plane in mid_slices(image.array, offset)])
             captions.append(f"{modality.upper()}{' ' + contrast.upper() if modality == 'mri' else ''} seed {seed}")
     gap, label_h = 4, 16
-    columns = count
+    columns = 2
     rows = (len(tiles) + columns - 1) // columns
     tile_w = 3 * size + 2 * gap
     sheet = Image.new("L", (columns * (tile_w + 3 * gap), rows * (size + label_h + 3 * gap)), 0)

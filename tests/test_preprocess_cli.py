@@ -18,8 +18,7 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exited:
         main()
     captured = capsys.readouterr()
-    # The stderr console may wrap long lines at the terminal width; compare words, not layout.
-    return exited.value.code, captured.out, " ".join(captured.err.split())
+    return exited.value.code, captured.out, captured.err
 
 
 @pytest.fixture()
@@ -61,7 +60,7 @@ def test_partial_failure_exit_5_and_all_failed_exit_4(monkeypatch, capsys, scans
 
 def test_usage_and_input_errors(monkeypatch, capsys, scans, tmp_path):
     code, _, stderr = run_cli(monkeypatch, capsys, str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--modality", "ct")
-    assert code == 3 and "no such file" in stderr
+    assert code == 3 and "no such file" in stderr and len(stderr.strip().splitlines()) == 1
     code, _, stderr = run_cli(monkeypatch, capsys, str(scans), "--out", str(tmp_path / "o"))
     assert code == 2 and "--modality" in stderr
     code, _, stderr = run_cli(monkeypatch, capsys, str(scans), "--out", str(tmp_path / "o"), "--modality", "ct", "--size", "16,16")
@@ -72,3 +71,4 @@ def test_usage_and_input_errors(monkeypatch, capsys, scans, tmp_path):
     assert code == 0
     code, _, stderr = run_cli(monkeypatch, capsys, str(scans), "--out", str(tmp_path / "o"), "--modality", "ct", "--size", "12", "-q")
     assert code == 2 and "--overwrite" in stderr and stderr.startswith("error:")
+    assert len(stderr.strip().splitlines()) == 1  # one line, however long the paths

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError, UsageError
-from meddiff_cli.fsutil import atomic_write_json, sha256_file
+from meddiff_cli.fsutil import sha256_file
 from meddiff_cli.io import Volume, write_dicom_series, write_nifti
 from meddiff_cli.preprocess import (
     PreprocessSettings,
@@ -209,25 +209,6 @@ def test_dicom_modality_mismatch_is_a_case_failure(tmp_path):
     assert result.count("failed") == 1 and "mri" in result.failed[0]["error"]
 
 
-def test_phantom_folder_is_valid_input(tmp_path):
-    """A folder laid out like `meddiff phantom` output: images/, labels/, manifest with names and modality."""
-    phantom = tmp_path / "phantom"
-    for seed in range(2):
-        image, label = make_case(seed)
-        write_nifti(image, phantom / f"images/ct_{seed:04d}.nii.gz", dtype="int16")
-        write_nifti(label, phantom / f"labels/ct_{seed:04d}.nii.gz", dtype="uint8")
-    atomic_write_json(
-        phantom / "manifest.json",
-        {"format": "meddiff-phantom", "modality": "ct", "labels": {"background": 0, "lung": 1, "bone": 2}},
-    )
-    result = preprocess_cases([phantom], tmp_path / "out", PreprocessSettings(spacing=3.0, size=16))
-    assert result.count("done") == 2
-    manifest = load_manifest(tmp_path / "out")
-    assert manifest["modality"] == "ct"
-    assert manifest["labels"] == {"background": 0, "lung": 1, "bone": 2}
-    assert all(case["label"] == f"labels/{case['case_id']}.nii.gz" for case in manifest["cases"])
-
-
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -259,24 +240,36 @@ def test_load_manifest_missing_or_not_json(tmp_path):
 
 
 def test_phantom_ct_as_dicom_and_nifti_gives_the_same_output(tmp_path):
-    """The issue's acceptance check: a phantom CT written both ways preprocesses to the same volume."""
-    from meddiff_cli.phantom import generate_phantom
+    """The issue's acceptance check, through `meddiff phantom` folders given as INPUT as they are."""
+    from meddiff_cli.phantom import write_phantom_corpus
 
-    image, label = generate_phantom("ct", seed=1, size=32)
-    write_nifti(image, tmp_path / "nifti/phantom.nii.gz")
-    write_nifti(label, tmp_path / "masks/phantom.nii.gz", dtype="uint8")
-    write_dicom_series(image, tmp_path / "dicom", modality="ct")
-    preprocess_cases(
-        [tmp_path / "nifti"], tmp_path / "a", PreprocessSettings("ct", spacing=8.0, size=40), labels_dir=tmp_path / "masks"
-    )
-    # --modality auto: the DICOM header says CT.
-    preprocess_cases([tmp_path / "dicom"], tmp_path / "b", PreprocessSettings("auto", spacing=8.0, size=40))
-    a = read(tmp_path / "a" / load_manifest(tmp_path / "a")["cases"][0]["image"])
-    b = read(tmp_path / "b" / load_manifest(tmp_path / "b")["cases"][0]["image"])
-    assert a.shape == b.shape == (40, 40, 40)
-    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
-    labels = read(tmp_path / "a/labels/phantom.nii.gz")
-    assert set(np.unique(labels)) <= set(np.unique(label.array)) and labels.max() > 0
+    write_phantom_corpus("ct", 2, tmp_path / "nifti", size=32, seed=4, fmt="nifti")
+    write_phantom_corpus("ct", 2, tmp_path / "dicom", size=32, seed=4, fmt="dicom")
+    settings = PreprocessSettings(spacing=8.0, size=40)  # modality auto: from the phantom manifest
+    for fmt in ("nifti", "dicom"):
+        assert preprocess_cases([tmp_path / fmt], tmp_path / f"out_{fmt}", settings).count("done") == 2
+    a_manifest, b_manifest = load_manifest(tmp_path / "out_nifti"), load_manifest(tmp_path / "out_dicom")
+    assert a_manifest["labels"] == b_manifest["labels"] == {"background": 0, "lungs": 1, "heart": 2, "bone": 3, "nodules": 4}
+    assert [c["case_id"] for c in a_manifest["cases"]] == [c["case_id"] for c in b_manifest["cases"]]
+    assert [c["format"] for c in b_manifest["cases"]] == ["dicom", "dicom"]
+    for a_case, b_case in zip(a_manifest["cases"], b_manifest["cases"]):
+        a, b = read(tmp_path / "out_nifti" / a_case["image"]), read(tmp_path / "out_dicom" / b_case["image"])
+        assert a.shape == b.shape == (40, 40, 40)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+        # Labels come from the phantom's labels/ folder, on the same grid, for both formats.
+        a_label, b_label = read(tmp_path / "out_nifti" / a_case["label"]), read(tmp_path / "out_dicom" / b_case["label"])
+        assert np.array_equal(a_label, b_label) and set(np.unique(a_label)) <= {0, 1, 2, 3, 4}
+        assert a[a_label == 1].mean() < -0.6  # lungs are dark: labels sit on the anatomy
+
+
+def test_phantom_folder_with_a_missing_image_fails_only_that_case(tmp_path):
+    from meddiff_cli.phantom import write_phantom_corpus
+
+    write_phantom_corpus("ct", 2, tmp_path / "phantom", size=24, seed=5)
+    case_id = json.loads((tmp_path / "phantom/manifest.json").read_text())["cases"][0]["case_id"]
+    (tmp_path / "phantom/images" / f"{case_id}.nii.gz").unlink()
+    result = preprocess_cases([tmp_path / "phantom"], tmp_path / "out", PreprocessSettings(spacing=12.0, size=16))
+    assert (result.count("done"), [case["case_id"] for case in result.failed]) == (1, [case_id])
 
 
 def test_mri_phantom_percentile_mapping(tmp_path):
@@ -319,3 +312,25 @@ def test_interrupted_run_resumes(corpus, tmp_path):
     assert [case["case_id"] for case in load_manifest(out)["cases"]] == ["case0"]  # valid, holds what finished
     result = preprocess_cases([images], out, SETTINGS, labels_dir=labels)
     assert (result.count("skipped"), result.count("done")) == (1, 2)
+
+
+def test_case_that_fails_on_redo_leaves_no_lying_entry(corpus, tmp_path):
+    images, _ = corpus
+    out = tmp_path / "prep"
+    preprocess_cases([images], out, SETTINGS)
+    (out / "images/case0.nii.gz").unlink()
+    (images / "case0.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    result = preprocess_cases([images], out, SETTINGS)
+    assert [case["case_id"] for case in result.failed] == ["case0"]
+    assert [case["case_id"] for case in load_manifest(out)["cases"]] == ["case1", "case2"]
+
+
+def test_nnunet_style_labels_pair_and_name(tmp_path):
+    image, label = make_case(6)
+    write_nifti(image, tmp_path / "imagesTr/lung_001_0000.nii.gz")
+    write_nifti(label, tmp_path / "labelsTr/lung_001.nii.gz", dtype="uint8")
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lung": 1, "bone": 2}}))
+    preprocess_cases([tmp_path / "imagesTr"], tmp_path / "out", SETTINGS, labels_dir=tmp_path / "labelsTr")
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest["labels"] == {"background": 0, "lung": 1, "bone": 2}
+    assert manifest["cases"][0]["label"] == "labels/lung_001_0000.nii.gz"

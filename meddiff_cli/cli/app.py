@@ -10,7 +10,9 @@ import typer
 from meddiff_cli import __version__
 from meddiff_cli.cli.common import err_console
 from meddiff_cli.errors import EXIT_CODE_HELP, ExitCode, MeddiffError
+from meddiff_cli.signals import install_sigterm_handler
 
+INTERRUPTED_MESSAGE = "interrupted: finished outputs are kept, temp files removed; rerun the same command to resume"
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODE_HELP.items()) + "."
 
 app = typer.Typer(
@@ -25,12 +27,14 @@ app = typer.Typer(
 
 # Each module registers its command(s) on ``app`` when imported. Only working commands are listed.
 COMMAND_MODULES: list[str] = [
+    "meddiff_cli.cli.evaluate",
     "meddiff_cli.cli.train",
     "meddiff_cli.cli.augment_seg",
     "meddiff_cli.cli.export",
     "meddiff_cli.cli.sample",
     "meddiff_cli.cli.models",
     "meddiff_cli.cli.preprocess",
+    "meddiff_cli.cli.phantom",
 ]
 
 
@@ -55,13 +59,14 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and a documented exit code."""
+    install_sigterm_handler()
     try:
         result = app(standalone_mode=False)
     except MeddiffError as error:
         err_console.print(f"[bold red]error:[/] {error.one_line()}", highlight=False, markup=True)
         sys.exit(int(error.exit_code))
     except KeyboardInterrupt:
-        err_console.print("interrupted", highlight=False)
+        err_console.print(INTERRUPTED_MESSAGE, highlight=False)
         sys.exit(int(ExitCode.INTERRUPTED))
     except typer.Exit as done:
         sys.exit(done.exit_code)
@@ -69,8 +74,8 @@ def main() -> None:
         if isinstance(error, typer.exceptions.TyperException) and hasattr(error, "show"):
             error.show()  # click-style usage error: message + hint, exit 2
             sys.exit(int(ExitCode.USAGE))
-        if type(error).__name__ == "Abort":
-            err_console.print("aborted", highlight=False)
+        if type(error).__name__ == "Abort":  # click turns a KeyboardInterrupt during parsing/prompts into Abort
+            err_console.print(INTERRUPTED_MESSAGE, highlight=False)
             sys.exit(int(ExitCode.INTERRUPTED))
         err_console.print(
             f"[bold red]internal error:[/] {type(error).__name__}: {error} (please report this bug)",

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # Everything human-facing goes to stderr so that stdout stays clean for --json in pipelines.
-err_console = Console(stderr=True)
+# soft_wrap: a message is one line however long (paths are), so `grep`/log tools see it whole.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

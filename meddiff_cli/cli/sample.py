@@ -16,13 +16,18 @@ from meddiff_cli.sample import DEFAULT_STEPS, SampleOptions, SampleProgress, par
 class _RichProgress(SampleProgress):
     """Two bars on stderr: volumes of this shard, and denoiser steps of the current batch."""
 
-    def __init__(self, bar) -> None:
-        self.bar = bar
+    def __init__(self, bar, options: SampleOptions, quiet: bool) -> None:
+        self.bar, self.options, self.quiet = bar, options, quiet
         self.volumes = self.steps = None
 
     def start(self, total: int, pending: int) -> None:
         self.volumes = self.bar.add_task("volumes", total=total, completed=total - pending, status="")
         self.steps = self.bar.add_task("steps", total=1, status="")
+
+    def ready(self, device: str, provider: str, exported: bool) -> None:
+        if exported:
+            info(f"exported the ONNX graphs ({self.options.precision}) on first use", self.quiet)
+        info(f"running on {device} ({provider}; backend {self.options.backend}, {self.options.precision})", self.quiet)
 
     def batch(self, size: int, steps: int) -> None:
         self.bar.reset(self.steps, total=steps, status=f"batch of {size}")
@@ -79,12 +84,8 @@ def sample_command(
         preview=preview, overwrite=overwrite, compile=compile_model,
     )
     with progress_bar(quiet) as bar:
-        result = sample_volumes(options, _RichProgress(bar))
+        result = sample_volumes(options, _RichProgress(bar, options, quiet))
     summary = result.to_dict()
-    if result.exported:
-        info(f"exported the ONNX graphs ({options.precision}) on first use", quiet)
-    if result.generated:
-        info(f"ran on {result.device} ({result.provider}, backend {options.backend}, {options.precision})", quiet)
     rate = f", {summary['volumes_per_s']} volumes/s" if summary["volumes_per_s"] else ""
     info(f"{len(result.generated)} generated, {len(result.skipped)} already done (shard "
          f"{summary['shard']}) in {out}{rate}", quiet)

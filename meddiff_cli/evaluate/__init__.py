@@ -18,7 +18,7 @@ import numpy as np
 
 from meddiff_cli import __version__
 from meddiff_cli.errors import UsageError
-from meddiff_cli.evaluate.features import RadiomicsExtractor, feature_names, make_extractor
+from meddiff_cli.evaluate.features import RadiomicsExtractor, feature_names, make_extractor, resolve_device
 from meddiff_cli.evaluate.loading import ProgressFn, VolumeSet, guess_modality, list_cases, load_set
 from meddiff_cli.evaluate.memorization import memorization_check
 from meddiff_cli.evaluate.metrics import (
@@ -215,6 +215,7 @@ def evaluate_folders(
     if settings.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {settings.workers}")
     started = time.perf_counter()
+    resolve_device(settings.device)  # a bad --device fails now, not after minutes of loading
     refs = {"real": list_cases(real, "REAL"), "synthetic": list_cases(synth, "SYNTH")}
     if train is not None:
         refs["train"] = list_cases(train, "TRAIN")

@@ -313,7 +313,8 @@ class OnnxExtractor:
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as error:
-            raise ModelError(f"cannot load ONNX feature extractor ({type(error).__name__})", self.path) from None
+            detail = " ".join(str(error).split())[-200:]
+            raise ModelError(f"cannot load ONNX feature extractor ({type(error).__name__}: {detail})", self.path) from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 5:
             raise ModelError("ONNX feature extractor must take one input [B, 1, X, Y, Z]", self.path)

@@ -43,17 +43,23 @@ def standardise(real: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (FID's formula).
 
-    ``|mu_x - mu_y|^2 + Tr(S_x) + Tr(S_y) - 2 Tr((S_x S_y)^(1/2))``. The trace of the matrix square
-    root equals the nuclear norm of ``A B^T / sqrt((n-1)(m-1))`` (A, B: centred samples), because
-    the non-zero eigenvalues of S_x S_y are the squared singular values of that n x m matrix. This
-    is exact, needs no ``sqrtm`` of a (possibly singular) F x F matrix, and is cheap when there are
-    fewer volumes than features — the usual case in 3D.
+    ``|mu_x - mu_y|^2 + Tr(S_x) + Tr(S_y) - 2 Tr((S_x S_y)^(1/2))``, with the trace term computed
+    without ``sqrtm`` of a possibly singular product: the eigenvalues of S_x S_y are those of the PSD
+    matrix S_x^(1/2) S_y S_x^(1/2) (F x F, used when features are few), and also the squared
+    singular values of ``A B^T / sqrt((n-1)(m-1))`` (A, B: centred samples; n x m, used when volumes
+    are fewer than features — the usual case in 3D). Both are exact and stable.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     a, b = x - x.mean(axis=0), y - y.mean(axis=0)
     nx, ny = len(x) - 1, len(y) - 1
     diff = x.mean(axis=0) - y.mean(axis=0)
-    cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(nx * ny)
+    if x.shape[1] < min(len(x), len(y)):
+        values, vectors = np.linalg.eigh(a.T @ a / nx)
+        root_x = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+        inner = root_x @ (b.T @ b / ny) @ root_x
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2.0), 0.0, None)).sum()
+    else:
+        cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(nx * ny)
     value = diff @ diff + (a * a).sum() / nx + (b * b).sum() / ny - 2.0 * cross
     return float(max(value, 0.0))
 

@@ -74,7 +74,7 @@ def _tile(image: Image.Image, size: int = 128) -> Image.Image:
 def montage(real: np.ndarray, synth: np.ndarray, tile: int = 128) -> Image.Image:
     """Rows: REAL axial, SYNTH axial, REAL coronal, SYNTH coronal; up to 6 volumes per set."""
     columns = min(MONTAGE_COLUMNS, max(len(real), len(synth)))
-    label_width, font = 110, _font(16)
+    label_width, font = 135, _font(16)
     canvas = Image.new("RGB", (label_width + columns * tile, 4 * tile), "white")
     draw = ImageDraw.Draw(canvas)
     rows = [("REAL axial", real, 0), ("SYNTH axial", synth, 0), ("REAL coronal", real, 1), ("SYNTH coronal", synth, 1)]
@@ -135,7 +135,8 @@ def histogram_plot(intensity: dict[str, Any]) -> Image.Image:
     # Log scale: the air/background bin would otherwise flatten everything else.
     real_log, synth_log = np.log10(real + 1e-6), np.log10(synth + 1e-6)
     low = float(min(real_log.min(), synth_log.min()))
-    axes = _Axes(720, 380, (float(centres[0]), float(centres[-1])), (low, 0.0), "Intensity histograms (log10 fraction of voxels)")
+    half_bin = (centres[1] - centres[0]) / 2.0
+    axes = _Axes(720, 380, (float(centres[0] - half_bin), float(centres[-1] + half_bin)), (low, 0.0), "Intensity histograms (log10 fraction of voxels)")
     axes.line(centres, real_log, REAL_COLOUR)
     axes.line(centres, synth_log, SYNTH_COLOUR)
     axes.legend([("REAL", REAL_COLOUR), ("SYNTH", SYNTH_COLOUR)])
@@ -311,6 +312,7 @@ def write_report(result: EvaluationResult, folder: str | Path) -> Path:
         images["memorization_pairs.png"], images["memorization_ncc.png"] = memorization_plots(result)
     pngs = {name: _png_bytes(image) for name, image in images.items()}
     with atomic_dir(folder) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a report folder is meant to be shared
         (tmp / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         for name, data in pngs.items():
             (tmp / name).write_bytes(data)

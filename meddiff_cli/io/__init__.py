@@ -10,6 +10,7 @@ Public entry points used by the other stages:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def discover_cases(inputs: list[Path] | list[str]) -> list[CaseSource]:
             elif sniff_dicom(file):
                 dicom_candidates.append(file)
         series, _ = scan_dicom_files(dicom_candidates)
-        cases.extend(CaseSource(s.case_id, root, "dicom", s.case_id, tuple(s.files)) for s in series)
+        cases.extend(CaseSource(s.case_id, _series_folder(s.files), "dicom", s.case_id, tuple(s.files)) for s in series)
     if not cases:
         raise InputNotFoundError("no volumes found (NIfTI, NRRD, MHA, MHD or DICOM image series)",
                                  inputs[0] if len(inputs) == 1 else None)
@@ -142,6 +143,12 @@ def discover_cases(inputs: list[Path] | list[str]) -> list[CaseSource]:
             )
         by_id[case.case_id] = case
     return sorted(by_id.values(), key=lambda c: c.case_id)
+
+
+def _series_folder(files: list[Path]) -> Path:
+    """The deepest folder holding every file of a series: what error messages and manifests name,
+    so a broken series inside a large input tree is found without decoding its hashed case id."""
+    return Path(os.path.commonpath([str(file.parent) for file in files]))
 
 
 def read_case(case: CaseSource, modality: str = "auto") -> Volume:

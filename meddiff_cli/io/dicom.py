@@ -27,7 +27,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError
 from meddiff_cli.fsutil import atomic_dir
-from meddiff_cli.io.limits import MAX_VOXELS_ENV, check_finite, check_voxel_count, max_voxels
+from meddiff_cli.io.limits import MAX_VOXELS_ENV, check_affine, check_finite, check_voxel_count, max_voxels
 from meddiff_cli.io.volume import LPS_TO_RAS, Volume
 from meddiff_cli.io.walk import walk_files
 
@@ -240,6 +240,12 @@ def scan_dicom_files(paths: Iterable[Path]) -> tuple[list[DicomSeries], list[tup
     Returns the series (sorted by case id) and the files skipped with a reason. Files that are not
     DICOM at all are skipped silently only when ``sniff_dicom`` already said no (callers decide).
     """
+    with warnings.catch_warnings():  # pydicom warns on every malformed value; what matters fails below
+        warnings.simplefilter("ignore")
+        return _scan(paths)
+
+
+def _scan(paths: Iterable[Path]) -> tuple[list[DicomSeries], list[tuple[Path, str]]]:
     groups: list[DicomSeries] = []
     skipped: list[tuple[Path, str]] = []
     for path in paths:
@@ -252,9 +258,7 @@ def scan_dicom_files(paths: Iterable[Path]) -> tuple[list[DicomSeries], list[tup
             skipped.append((path, "not a DICOM file (no DICM preamble and no DICOM header)"))
             continue
         try:
-            with warnings.catch_warnings():  # malformed values warn on access; they fail below if they matter
-                warnings.simplefilter("ignore")
-                frames = _frames_of(ds, path)
+            frames = _frames_of(ds, path)
         except NotAnImage as reason:
             skipped.append((path, str(reason)))
             continue
@@ -299,8 +303,11 @@ def _sorted_geometry(series: DicomSeries, label: Path) -> tuple[list[DicomFrame]
     """Sort frames along the slice normal, check the stack, return (frames, LPS affine, warnings)."""
     frames = series.frames
     first = frames[0]
-    row_dir = first.orientation[:3] / np.linalg.norm(first.orientation[:3])  # increasing column index
-    col_dir = first.orientation[3:] / np.linalg.norm(first.orientation[3:])  # increasing row index
+    norms = np.linalg.norm(first.orientation.reshape(2, 3), axis=1)
+    if not (norms > 1e-6).all():
+        raise BadInputError(f"series {series.case_id}: ImageOrientationPatient has a zero-length vector", label)
+    row_dir = first.orientation[:3] / norms[0]  # increasing column index
+    col_dir = first.orientation[3:] / norms[1]  # increasing row index
     if abs(float(row_dir @ col_dir)) > 1e-3:
         raise BadInputError(f"series {series.case_id}: ImageOrientationPatient vectors are not orthogonal", label)
     normal = np.cross(row_dir, col_dir)
@@ -371,6 +378,8 @@ def _sorted_geometry(series: DicomSeries, label: Path) -> tuple[list[DicomFrame]
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
     """Decode all frames of a file as (frames, rows, columns); unsupported syntaxes named clearly."""
     transfer_syntax = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ExplicitVRLittleEndian))
+    if not transfer_syntax.is_transfer_syntax:
+        raise BadInputError(f"TransferSyntaxUID {str(transfer_syntax)[:64]!r} is not a transfer syntax", path)
     if transfer_syntax.is_compressed:
         try:
             available = get_decoder(transfer_syntax).is_available
@@ -427,7 +436,9 @@ def load_series(series: DicomSeries, label: Path, modality: str = "auto") -> Vol
         "transfer_syntax": sorted(UID(ts).name or ts for ts in series.transfer_syntaxes),
         "warnings": warnings_,
     }
-    return Volume(array, LPS_TO_RAS @ affine_lps, modality, metadata)
+    affine = LPS_TO_RAS @ affine_lps
+    check_affine(affine, label)
+    return Volume(array, affine, modality, metadata)
 
 
 def read_dicom(path: str | Path, modality: str = "auto", case_id: str | None = None,
@@ -457,7 +468,9 @@ def read_dicom(path: str | Path, modality: str = "auto", case_id: str | None = N
     if len(series) > 1:
         listing = ", ".join(s.describe() for s in series)
         raise BadInputError(f"{len(series)} DICOM series found, expected one: {listing}", path)
-    volume = load_series(series[0], path, modality)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):  # malformed values fail below, not warn on stderr
+        warnings.simplefilter("ignore")
+        volume = load_series(series[0], path, modality)
     if skipped:
         volume.metadata["skipped_files"] = dict(Counter(reason for _, reason in skipped))
     return volume

@@ -6,9 +6,12 @@ NIfTI and DICOM readers against.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +19,36 @@ import SimpleITK as sitk
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError
 from meddiff_cli.fsutil import TMP_PREFIX, atomic_path
-from meddiff_cli.io.limits import check_finite, check_voxel_count
+from meddiff_cli.io.limits import check_affine, check_finite, check_voxel_count
 from meddiff_cli.io.volume import LPS_TO_RAS, Volume
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
+# ITK prints reader warnings straight to stderr from C++; failures still raise, and we report those in one line.
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
 
 def is_itk(path: str | Path) -> bool:
     return str(path).lower().endswith(ITK_SUFFIXES)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """MetaIO/NRRD print diagnostics with C++ ``std::cerr`` (not ITK warnings): send file
+    descriptor 2 to /dev/null while a reader runs. Failures still raise and are reported in one line."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _image_affine_ras(image: sitk.Image) -> np.ndarray:
@@ -49,7 +74,9 @@ def _image_to_volume(image: sitk.Image, path: Path, modality: str, source_format
         raise BadInputError(f"expected a 3D volume, got size {size}", path)
     array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=np.float32)  # [k,j,i] -> [i,j,k]
     check_finite(array, path)
-    return Volume(array, _image_affine_ras(image), modality, {"source_format": source_format})
+    affine = _image_affine_ras(image)
+    check_affine(affine, path)
+    return Volume(array, affine, modality, {"source_format": source_format})
 
 
 def read_itk(path: str | Path, modality: str = "unknown") -> Volume:
@@ -57,24 +84,78 @@ def read_itk(path: str | Path, modality: str = "unknown") -> Volume:
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError("no such file", path)
+    _check_text_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with _native_stderr_silenced():
+            reader.ReadImageInformation()
     except RuntimeError as error:
         raise BadInputError(f"unreadable image header ({_first_line(error)})", path) from None
     check_voxel_count(tuple(reader.GetSize()), path)
     try:
-        image = reader.Execute()
+        with _native_stderr_silenced():
+            image = reader.Execute()
     except RuntimeError as error:
         raise BadInputError(f"unreadable image data ({_first_line(error)})", path) from None
     suffix = path.suffix.lower().lstrip(".")
     return _image_to_volume(image, path, modality, "nrrd" if suffix == "nhdr" else suffix)
 
 
+MAX_DIMENSIONS = 4  # 3D, or 4D with one volume
+HEADER_SCAN_BYTES = 1 << 16
+
+
+def _check_text_header(path: Path) -> None:
+    """Validate the dimension fields of a MetaImage/NRRD text header before ITK parses it.
+
+    ITK's MetaIO crashes the whole process (segmentation fault, heap corruption) on headers such as
+    ``NDims = -1``; a crash cannot be caught, so the fields it trusts are checked here first.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(HEADER_SCAN_BYTES)
+    text = head.decode("latin-1")
+    if path.suffix.lower() in (".mha", ".mhd"):
+        fields = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if not sep:
+                continue
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+        dims_key, sizes_key, label = "NDims", "DimSize", "MetaImage"
+    else:
+        fields = {}
+        for line in text.splitlines()[1:]:
+            if not line.strip():
+                break
+            key, sep, value = line.partition(":")
+            if sep and not value.startswith("="):
+                fields[key.strip()] = value.strip()
+        dims_key, sizes_key, label = "dimension", "sizes", "NRRD"
+    try:
+        dimensions = int(fields.get(dims_key, ""))
+    except ValueError:
+        raise BadInputError(f"{label} header: {dims_key} missing or not a whole number", path) from None
+    if not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise BadInputError(f"{label} header: {dims_key} = {dimensions}, expected 1 to {MAX_DIMENSIONS}", path)
+    try:
+        sizes = [int(value) for value in fields.get(sizes_key, "").split()]
+    except ValueError:
+        raise BadInputError(f"{label} header: {sizes_key} is not a list of whole numbers", path) from None
+    if len(sizes) != dimensions or min(sizes) < 1:
+        raise BadInputError(f"{label} header: {sizes_key} = {sizes} does not give {dimensions} positive sizes", path)
+    channels = fields.get("ElementNumberOfChannels", "1")
+    if channels.strip() not in ("1", ""):
+        raise BadInputError(f"{label} header: ElementNumberOfChannels = {channels}; expected a scalar volume", path)
+
+
 def _first_line(error: Exception) -> str:
     """SimpleITK errors are multi-line C++ dumps; keep the informative last non-empty line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[-1].startswith("Reason:"):  # a stale errno ITK appends; the file is there
+        return "truncated or corrupt pixel data"
     return lines[-1][:200] if lines else type(error).__name__
 
 

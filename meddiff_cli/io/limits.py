@@ -30,6 +30,8 @@ def check_voxel_count(shape: tuple[int, ...] | int, path: str | Path) -> None:
 
     A corrupt or hostile header can claim terabytes; allocating first would kill the machine.
     """
+    if not isinstance(shape, (int, np.integer)) and any(int(s) <= 0 for s in shape):
+        raise BadInputError(f"header claims an empty volume (size {tuple(int(s) for s in shape)})", path)
     count = int(shape) if isinstance(shape, (int, np.integer)) else int(np.prod([int(s) for s in shape], dtype=object))
     limit = max_voxels()
     if count > limit:
@@ -43,3 +45,15 @@ def check_finite(array: np.ndarray, path: str | Path) -> None:
     if not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise BadInputError(f"{bad} voxel(s) are NaN or infinite", path)
+
+
+def check_affine(affine: np.ndarray, path: str | Path) -> None:
+    """A voxel-to-world matrix with NaN/Inf or a zero-length axis cannot be resampled: refuse it here."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise BadInputError("the voxel-to-world geometry (affine) has NaN or infinite values", path)
+    with np.errstate(all="ignore"):
+        determinant = float(np.linalg.det(affine[:3, :3]))
+    if not np.isfinite(determinant) or abs(determinant) < 1e-12:
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        raise BadInputError(f"degenerate geometry: voxel axes of length {np.round(spacing, 6).tolist()} mm span no volume", path)

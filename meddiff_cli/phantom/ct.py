@@ -18,6 +18,7 @@ from meddiff_cli.phantom.shapes import (
     Tubes,
     branching_tree,
     correlated_noise,
+    ellipsoid_on_grid,
     ellipsoid_sdf,
     rotation,
     smooth_field,
@@ -113,7 +114,7 @@ class ChestSubject:
     # ---- spine -------------------------------------------------------------------------------
     def canal_y(self, z):
         post = -np.pi / 2
-        depth = 2.0 + self.fat_thickness(post) + 0.8 * self.muscle_thickness(post)
+        depth = 2.0 + self.fat_thickness(post) + 0.95 * self.muscle_thickness(post)
         curve = self.kyphosis * (1.0 - ((z - 20.0) / 190.0) ** 2)
         return self.back_y(z) + depth - curve
 
@@ -134,7 +135,7 @@ class ChestSubject:
         return top - self.dome_depth * r2
 
     def apex_z(self, x, y):
-        r2 = ((np.abs(x) - 0.33 * self.a) / 45.0) ** 2 + ((y - (self.yc - 0.15 * self.b)) / 45.0) ** 2
+        r2 = ((np.abs(x) - 0.33 * self.a) / 50.0) ** 2 + ((y - (self.yc - 0.1 * self.b)) / 75.0) ** 2
         return self.z_apex - 22.0 * r2
 
     def heart_sdf(self, x, y, z):
@@ -143,13 +144,14 @@ class ChestSubject:
     def mediastinum_halfwidth(self, z):
         return self.w_med + 14.0 * np.exp(-(((z - (self.z_carina + 20.0)) / 40.0) ** 2))
 
-    def lung_sdf(self, x, y, z):
+    def lung_sdf(self, x, y, z, heart=None):
+        """``heart`` may pass a precomputed heart distance (the renderer's, bounding-box limited)."""
         body, theta = self.body_sdf(x, y, z)
         sdf = body + self.wall_thickness(theta) + 1.5
         sdf = np.maximum(sdf, self.diaphragm_z(x, y) - z)
         sdf = np.maximum(sdf, z - self.apex_z(x, y))
         sdf = np.maximum(sdf, self.mediastinum_halfwidth(z) - np.abs(x + 4.0))
-        sdf = np.maximum(sdf, -(self.heart_sdf(x, y, z) - 9.0))
+        sdf = np.maximum(sdf, -((self.heart_sdf(x, y, z) if heart is None else heart) - 9.0))
         return np.maximum(sdf, -self.spine_zone_sdf(x, y, z))
 
 
@@ -176,7 +178,7 @@ def chest_subject(rng: np.random.Generator, tree_rng: np.random.Generator, nodul
         z_dome_right=dome_right,
         z_dome_left=dome_left,
         dome_depth=rng.uniform(55.0, 80.0),
-        lung_hu=-820.0 - 55.0 * inspiration + rng.normal(0, 8),
+        lung_hu=-835.0 - 45.0 * inspiration + rng.normal(0, 8),
         w_med=rng.uniform(10.0, 16.0),
         heart_centre=np.zeros(3),
         heart_axes=heart_axes,
@@ -251,19 +253,20 @@ def _add_tubes(s: ChestSubject, rng: np.random.Generator, spacing: float) -> Non
     for side in (1, -1):
         airway += Tubes.polyline(np.array([(0, trachea_y, zc), bronchi_ends[side]]), (7.0, 6.0))
 
-    def inside_lung(point, radius):
-        return float(s.lung_sdf(*point)) < -0.6 * radius - 1.0
+    def inside_lung(x, y, z, radius):
+        return s.lung_sdf(x, y, z) < -0.6 * radius - 0.5
 
-    min_r = max(0.45, 0.2 * spacing)
-    lobar = [(0.3, 0.05, 1.0), (1.0, 0.25, -0.1), (0.35, -0.6, -1.0), (0.3, 0.7, -0.8), (0.7, -0.2, -0.4)]
+    min_r = max(0.4, 0.22 * spacing)
+    lobar = [(0.3, 0.05, 1.0), (0.8, 0.5, 0.5), (1.0, 0.25, -0.1), (0.35, -0.6, -1.0), (0.3, 0.7, -0.8), (0.7, -0.4, -0.4),
+             (0.6, -0.7, 0.6), (0.5, 0.0, -1.0), (0.2, -0.9, -0.6)]  # lobar/segmental directions from the hilum
     vessels: list[tuple] = []
     for side in (1, -1):
         for d in lobar:
             direction = np.array([side * d[0], d[1], d[2]])
-            for system, offset in (("artery", (0.0, 0.0, 0.0)), ("vein", (0.0, 8.0, -14.0))):
+            for offset in ((0.0, 0.0, 0.0), (0.0, 8.0, -14.0)):  # arteries and veins
                 start = hila[side] + np.array(offset) + np.array([side * 4.0, 0.0, 0.0])
-                vessels += branching_tree(rng, start, direction + rng.normal(0, 0.12, 3), rng.uniform(4.0, 5.5), 28.0, inside_lung, min_r, hila[side])
-            airway += branching_tree(rng, bronchi_ends[side], direction, 4.5, 22.0, inside_lung, 1.6, hila[side], max_segments=40)
+                vessels += branching_tree(rng, start, direction + rng.normal(0, 0.12, 3), rng.uniform(4.0, 5.5), 26.0, inside_lung, min_r, hila[side])
+            airway += branching_tree(rng, bronchi_ends[side], direction, 4.0, 18.0, inside_lung, 1.4, hila[side], max_segments=30)
     s.tubes["vessels"] = Tubes.from_lists(vessels)
     s.tubes["airways"] = Tubes.from_lists(airway)
     # ribs: from the transverse process around the chest wall, sloping down to the costal cartilage
@@ -298,7 +301,7 @@ def _add_nodules(s: ChestSubject, rng: np.random.Generator) -> None:
             break
         radius = rng.uniform(3.0, 11.0)
         centre = np.array([rng.uniform(-s.a, s.a), s.yc + rng.uniform(-s.b, s.b), rng.uniform(s.z_dome_left - 60, s.z_apex)])
-        if float(s.lung_sdf(*centre)) < -(radius + 3.0):
+        if float(s.lung_sdf(*centre)) < -(radius + 3.0) and all(np.linalg.norm(centre - c) > r + radius + 5 for c, r, _ in s.nodules):
             s.nodules.append((centre, radius, rng.uniform(15.0, 60.0)))
 
 
@@ -309,6 +312,7 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     shape = (len(xs), len(ys), len(zs))
     hu = np.full(shape, AIR_HU, np.float32)
     labels = np.zeros(shape, np.uint8)
+    grid = (xs, ys, zs)
 
     def paint(occ, value, label: int | None = None) -> None:
         occ = np.broadcast_to(occ, shape)
@@ -338,24 +342,23 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     liver = np.maximum(np.maximum(cavity + 6.0, z - (dia - 5.0)), np.maximum(-30.0 + 0.25 * (s.z_dome_right - z) - x, (s.z_dome_right - 190.0) - z))
     paint(soft(liver, width), rng.uniform(50, 65) + 3 * texture)
     stomach_c = (-0.45 * s.a, s.yc + 0.1 * s.b, s.z_dome_left - 45.0)
-    stomach = ellipsoid_sdf(x, y, z, stomach_c, (38.0, 42.0, 40.0))
+    stomach = ellipsoid_on_grid(grid, stomach_c, (38.0, 42.0, 40.0))
     paint(soft(np.maximum(stomach, cavity + 8.0), width), rng.uniform(10, 30))
     paint(soft(np.maximum(np.maximum(stomach + 3.0, stomach_c[2] + 12.0 - z), cavity + 8.0), width), AIR_HU + 10)
-    spleen = ellipsoid_sdf(x, y, z, (-0.62 * s.a, s.yc - 0.45 * s.b, s.z_dome_left - 55.0), (22.0, 45.0, 48.0), rotation(0.5))
+    spleen = ellipsoid_on_grid(grid, (-0.62 * s.a, s.yc - 0.45 * s.b, s.z_dome_left - 55.0), (22.0, 45.0, 48.0), rotation(0.5))
     paint(soft(np.maximum(spleen, cavity + 3.0), width), rng.uniform(40, 50))
     for side in (1, -1):
-        kidney = ellipsoid_sdf(x, y, z, (side * 62.0, s.vb_y(s.z_dome_left - 150.0) - 5.0, s.z_dome_left - 150.0), (28.0, 22.0, 55.0), rotation(side * 0.4))
+        kidney = ellipsoid_on_grid(grid, (side * 62.0, s.vb_y(s.z_dome_left - 150.0) - 5.0, s.z_dome_left - 150.0), (28.0, 22.0, 55.0), rotation(side * 0.4))
         paint(soft(kidney, width), rng.uniform(30, 40))
     # lungs with an anterior-posterior density gradient (dependent lung is denser)
-    lung = s.lung_sdf(x, y, z)
+    heart = ellipsoid_on_grid(grid, s.heart_centre, s.heart_axes, s.heart_rot)
+    lung = s.lung_sdf(x, y, z, heart)
     paint(soft(lung, width), s.lung_hu + 45.0 * (s.yc - y) / s.b + 12.0 * texture, CT_LABELS["lungs"])
     # heart in its pericardial fat, slightly denser myocardium around the blood pool
-    heart = s.heart_sdf(x, y, z)
     paint(soft(heart - rng.uniform(3.0, 8.0), width), s.fat_hu, 0)
     paint(soft(heart, width), s.soft_hu + 8.0, CT_LABELS["heart"])
-    paint(soft(ellipsoid_sdf(x, y, z, s.heart_centre, [v * 0.72 for v in s.heart_axes], s.heart_rot), width), s.soft_hu - 5.0)
+    paint(soft(ellipsoid_on_grid(grid, s.heart_centre, [v * 0.72 for v in s.heart_axes], s.heart_rot), width), s.soft_hu - 5.0)
     # tubes: vessels in the lungs stay "lung"; great vessels, oesophagus and airways clear the lung label
-    grid = (xs, ys, zs)
     (vessel_occ,) = s.tubes["vessels"].paint(grid, width)
     paint(vessel_occ, s.soft_hu)
     great_occ, esophagus_occ = s.tubes["great_vessels"].paint(grid, width)[0], s.tubes["esophagus"].paint(grid, width)[0]
@@ -374,9 +377,10 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     paint(soft(vb2d, width), 80.0)  # the disc column; vertebral bodies are painted over it
     rc = s.canal_radius
     ring = np.abs(np.hypot(x, y - canal_y) - (rc + 3.0)) - 3.0
-    spinous = np.maximum(np.abs(x) - 3.5, np.maximum(y - (canal_y - rc - 2.0), (canal_y - rc - 38.0) - y))
-    transverse = np.maximum(np.abs(np.abs(x) - (rc + 17.0)) - 15.0, np.abs(y - canal_y - 1.0) - 4.5)
-    arch = np.maximum(np.minimum(np.minimum(ring, spinous), transverse), level_sdf - 2.0)
+    spinous = np.maximum(np.abs(x) - 3.5, np.maximum(y - (canal_y - rc - 2.0), (canal_y - rc - 22.0) - y))
+    transverse = np.maximum(np.abs(np.abs(x) - (rc + 14.0)) - 11.0, np.abs(y - canal_y - 2.0 + 0.45 * (np.abs(x) - rc)) - 4.0)
+    arch_period = ((z + 7.0 - s.vertebra_phase) % s.vertebra_pitch) - s.vertebra_pitch / 2  # arches sit lower
+    arch = np.maximum(np.minimum(np.minimum(ring, spinous), transverse), np.abs(arch_period) - 0.3 * s.vertebra_pitch)
     vertebra = np.minimum(np.maximum(vb2d, level_sdf), arch)
     sternum_y = s.front_y(z) - 2.0 - s.fat_thickness(np.pi / 2) - 7.0
     sternum_bottom = s.heart_centre[2] - 0.6 * s.heart_axes[2]
@@ -390,7 +394,7 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     paint(np.maximum(soft(bone + 1.6, width), cortical[1]), s.cancellous_hu)
     paint(soft(np.hypot(x, y - canal_y) - rc, width), 18.0, 0)
     for centre, radius, value in s.nodules:
-        paint(soft(ellipsoid_sdf(x, y, z, centre, (radius, radius * 0.9, radius * 1.05)), width), value, CT_LABELS["nodules"])
+        paint(soft(ellipsoid_on_grid(grid, centre, (radius, radius * 0.9, radius * 1.05)), width), value, CT_LABELS["nodules"])
     return hu, labels
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from meddiff_cli.phantom.shapes import Tubes, ellipsoid_sdf, rotation, smooth_field, smoothstep, soft
+from meddiff_cli.phantom.shapes import Tubes, ellipsoid_on_grid, ellipsoid_sdf, rotation, smooth_field, smoothstep, soft
 
 MRI_FOV_MM = 220.0
 MRI_LABELS = {"background": 0, "csf": 1, "gm": 2, "wm": 3}
@@ -49,12 +49,24 @@ class BrainSubject:
     tubes: dict[str, Tubes] = field(default_factory=dict)
 
     def envelope_sdf(self, x, y, z):
-        return ellipsoid_sdf(x, y, z, self.centre, self.axes, self.shape_rot)
-
-    def cerebellum_sdf(self, x, y, z):
+        """Cerebrum: an ellipsoid with temporal lobes hanging below it laterally (smooth union)."""
         c = self.centre
-        sdfs = [ellipsoid_sdf(x, y, z, (c[0] + side * 22.0, c[1] - 52.0, c[2] - 50.0), (34.0, 30.0, 22.0)) for side in (1, -1)]
-        return np.minimum(*sdfs)
+        sdf = ellipsoid_sdf(x, y, z, c, self.axes, self.shape_rot)
+        for side in (1, -1):
+            temporal = ellipsoid_sdf(x, y, z, (c[0] + side * (self.axes[0] - 24.0), c[1] + 8.0, c[2] - 26.0), (24.0, 42.0, 22.0))
+            sdf = smooth_min(sdf, temporal, 10.0)
+        return sdf
+
+    def cerebellum_on_grid(self, grid):
+        c = self.centre
+        hemispheres = [ellipsoid_on_grid(grid, (c[0] + side * 22.0, c[1] - 52.0, c[2] - 50.0), (34.0, 30.0, 22.0)) for side in (1, -1)]
+        return np.minimum(*hemispheres)
+
+
+def smooth_min(a, b, k: float):
+    """Union of two distance fields with a rounded crease of size ``k`` mm (no sharp notch)."""
+    h = np.maximum(k - np.abs(a - b), 0.0) / k
+    return np.minimum(a, b) - h * h * k * 0.25
 
 
 def _waves(rng: np.random.Generator, count: int, wavelength: tuple[float, float]) -> np.ndarray:
@@ -66,7 +78,7 @@ def _waves(rng: np.random.Generator, count: int, wavelength: tuple[float, float]
 
 def brain_subject(rng: np.random.Generator, contrast: str = "t1") -> BrainSubject:
     axes = (rng.uniform(63.0, 71.0), rng.uniform(80.0, 90.0), rng.uniform(56.0, 64.0))
-    atrophy = rng.uniform(0.75, 1.45)
+    atrophy = rng.uniform(0.75, 1.3)
     jitter = {name: value * rng.uniform(0.94, 1.06) for name, value in TISSUE_INTENSITY[contrast].items()}
     s = BrainSubject(
         centre=np.array([rng.normal(0, 2.0), rng.uniform(-2.0, 8.0), rng.uniform(-8.0, -2.0)]),
@@ -78,8 +90,8 @@ def brain_subject(rng: np.random.Generator, contrast: str = "t1") -> BrainSubjec
         cortex=rng.uniform(2.4, 3.2),
         sulcus_depth=rng.uniform(11.0, 17.0),
         sulcus_width=rng.uniform(0.9, 1.5) * (0.6 + 0.5 * atrophy),
-        waves=_waves(rng, 14, (17.0, 24.0)),
-        folia_waves=_waves(rng, 6, (6.0, 8.0)),
+        waves=_waves(rng, 16, (21.0, 27.0)),
+        folia_waves=_waves(rng, 4, (40.0, 60.0)),
         fissure_width=rng.uniform(1.0, 2.0),
         atrophy=atrophy,
         intensity=jitter,
@@ -97,7 +109,7 @@ def _add_tubes(s: BrainSubject) -> None:
     for side in (1, -1):
         main = np.array([(3, 30, 4), (5, 14, 9), (6, -6, 10), (10, -26, 6), (13, -40, -2)], float)
         main[:, 0] = side * (main[:, 0] * (0.8 + 0.2 * k) + 1.5)
-        ventricles += Tubes.polyline(main + c, np.array([5.0, 5.5, 4.5, 5.5, 3.0]) * k**0.8)
+        ventricles += Tubes.polyline(main + c, np.array([6.0, 6.5, 5.0, 6.5, 3.5]) * k**0.8)
         temporal = np.array([(10, -26, 6), (20, -22, -6), (25, -8, -18), (26, 6, -24)], float)
         temporal[:, 0] *= side
         ventricles += Tubes.polyline(temporal + c, np.array([5.5, 3.5, 2.5, 2.0]) * k**0.8)
@@ -133,31 +145,31 @@ def render_brain(s: BrainSubject, axes, width: float, rng: np.random.Generator):
             labels[occ >= 0.5] = label
 
     cerebrum = s.envelope_sdf(x, y, z)
-    cerebellum = s.cerebellum_sdf(x, y, z)
+    grid = (xs, ys, zs)
+    cerebellum = s.cerebellum_on_grid(grid)
     brain = np.minimum(cerebrum, cerebellum)
     c = s.centre
     # head: skull vault around the brain, a neck below, a face with eyes in front
-    neck = np.maximum(np.hypot(x / 1.1, y - c[1] + 22.0) - 58.0, z - (c[2] - 40.0))
-    face = ellipsoid_sdf(x, y, z, (c[0], c[1] + 48.0, c[2] - 62.0), (58.0, 48.0, 52.0))
+    neck = np.maximum(np.hypot(x / 1.1, y - c[1] + 18.0) - 50.0, z - (c[2] - 40.0))
+    face = ellipsoid_sdf(x, y, z, (c[0], c[1] + 52.0, c[2] - 66.0), (50.0, 38.0, 46.0))
     outer_skull = brain - (s.csf_gap + s.skull)
-    head = np.minimum(np.minimum(outer_skull - s.scalp, neck), face)
+    head = smooth_min(smooth_min(outer_skull - s.scalp, neck, 20.0), face, 25.0)  # one smooth outline
     paint(soft(head, width), t["muscle"])
     paint(soft(np.maximum(head + 1.5, -(head + s.scalp * 0.8)), width), t["fat"])  # subcutaneous fat under the skin
     for side in (1, -1):
         eye_c = (c[0] + side * 31.0, c[1] + 70.0, c[2] - 40.0)
-        paint(soft(ellipsoid_sdf(x, y, z, eye_c, (17.0, 15.0, 14.0)), width), t["fat"])  # orbital fat
-        paint(soft(ellipsoid_sdf(x, y, z, eye_c, (11.5, 11.5, 11.5)), width), t["vitreous"])
-    base = np.float32(c[2] - 58.0) + 0.35 * np.maximum(y - c[1], 0)  # no vault below the skull base
-    vault = np.maximum(outer_skull, base - z)
+        paint(soft(ellipsoid_on_grid(grid, eye_c, (17.0, 15.0, 14.0)), width), t["fat"])  # orbital fat
+        paint(soft(ellipsoid_on_grid(grid, eye_c, (11.5, 11.5, 11.5)), width), t["vitreous"])
+    vault = outer_skull  # the skull closes under the brain too (skull base); the brainstem passes through
     paint(soft(vault, width), t["skull"])
     paint(soft(vault + 1.6, width) * soft(-(brain - s.csf_gap - 1.6), width), t["diploe"])
-    paint(soft(np.maximum(brain - s.csf_gap, base - 8.0 - z), width), t["csf"], MRI_LABELS["csf"])
+    paint(soft(brain - s.csf_gap, width), t["csf"], MRI_LABELS["csf"])
     # cerebral cortex: distance to the nearest CSF (outer surface, sulcal sheets, midline fissure)
-    depth = -cerebrum
-    sheet = _gyral_distance(s.waves, x, y, z) - s.sulcus_width / 2
-    sulcus = np.where(depth < s.sulcus_depth, sheet, np.hypot(np.maximum(sheet, 0), depth - s.sulcus_depth))
     callosum = np.float32(c[2] + 8.0) + 40.0 * smoothstep((np.abs(y - c[1] + 5.0) - 30.0) / 25.0)
     fissure = np.hypot(np.maximum(np.abs(x - c[0]) - s.fissure_width / 2, 0), np.maximum(callosum - z, 0))
+    depth = np.minimum(-cerebrum, fissure)  # the medial surface is folded like the convexity
+    sheet = _gyral_distance(s.waves, x, y, z) - s.sulcus_width / 2
+    sulcus = np.where(depth < s.sulcus_depth, sheet, np.hypot(np.maximum(sheet, 0), depth - s.sulcus_depth))
     to_csf = np.minimum(np.minimum(depth, sulcus), fissure)
     in_cerebrum = soft(cerebrum, width)
     paint(in_cerebrum, t["gm"], MRI_LABELS["gm"])
@@ -165,21 +177,22 @@ def render_brain(s: BrainSubject, axes, width: float, rng: np.random.Generator):
     paint(in_cerebrum * soft(s.cortex - to_csf, width), t["wm"] * (1.0 + 0.015 * texture), MRI_LABELS["wm"])
     paint(in_cerebrum * soft(np.minimum(sulcus, fissure), width), t["csf"], MRI_LABELS["csf"])
     # cerebellum: fine folia over a white-matter core, and the brainstem
-    folia = _gyral_distance(s.folia_waves, x, y, z) - 0.35
     cb_depth = -cerebellum
+    wobble = _gyral_distance(s.folia_waves, x, y, z)  # folia: concentric, gently undulating shells
+    folia = np.abs(np.cos((cb_depth + 3.0 * wobble) * np.float32(2 * np.pi / 6.0))) * np.float32(6.0 / (2 * np.pi)) - 0.4
     in_cb = soft(np.maximum(cerebellum, -cerebrum), width)  # cerebellum where it is not cerebrum
     paint(in_cb, t["gm"], MRI_LABELS["gm"])
     paint(in_cb * soft(9.0 - cb_depth + 4.0 * folia, width), t["wm"], MRI_LABELS["wm"])  # arbor vitae
     paint(in_cb * soft(np.maximum(folia, cb_depth - 8.0), width), t["csf"], MRI_LABELS["csf"])
-    (stem,) = s.tubes["brainstem"].paint((xs, ys, zs), width)
-    pons = ellipsoid_sdf(x, y, z, (c[0], c[1] - 14.0, c[2] - 36.0), (15.0, 14.0, 15.0))
+    (stem,) = s.tubes["brainstem"].paint(grid, width)
+    pons = ellipsoid_on_grid(grid, (c[0], c[1] - 14.0, c[2] - 36.0), (15.0, 14.0, 15.0))
     paint(np.maximum(stem, soft(pons, width)), t["brainstem"], MRI_LABELS["wm"])
     # deep grey nuclei, then the ventricles
     for side in (1, -1):
         for centre, semi in (((11, -12, 2), (9, 14, 9)), ((13, 18, 12), (5.5, 10, 8)), ((24, 4, 2), (6, 15, 10))):
-            nucleus = ellipsoid_sdf(x, y, z, c + np.array([side * centre[0], centre[1], centre[2]]), semi, rotation(side * 0.15))
+            nucleus = ellipsoid_on_grid(grid, c + np.array([side * centre[0], centre[1], centre[2]]), semi, rotation(side * 0.15))
             paint(soft(nucleus, width), t["deep_gm"], MRI_LABELS["gm"])
-    (ventricles,) = s.tubes["ventricles"].paint((xs, ys, zs), width)
+    (ventricles,) = s.tubes["ventricles"].paint(grid, width)
     paint(ventricles, t["csf"], MRI_LABELS["csf"])
     return signal, labels
 

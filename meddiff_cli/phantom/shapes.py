@@ -54,6 +54,21 @@ def ellipsoid_sdf(x, y, z, centre, axes, rot: np.ndarray | None = None) -> np.nd
     return (f - 1.0) / np.maximum(grad_f, 1.0 / max(a, b, c))  # |grad F| >= 1/max axis (centre safe)
 
 
+FAR = np.float32(1e4)
+"""Signed distance used outside an object's bounding box (far outside any one-voxel ramp)."""
+
+
+def ellipsoid_on_grid(axes: tuple[np.ndarray, np.ndarray, np.ndarray], centre, semi, rot: np.ndarray | None = None, margin: float = 20.0) -> np.ndarray:
+    """:func:`ellipsoid_sdf` on a grid, evaluated only in the object's bounding box (``FAR`` elsewhere)."""
+    xs, ys, zs = axes
+    out = np.full((len(xs), len(ys), len(zs)), FAR, np.float32)
+    reach = max(semi) + margin
+    box = [slice(np.searchsorted(v, c - reach), np.searchsorted(v, c + reach, side="right")) for v, c in zip(axes, centre)]
+    sub = ellipsoid_sdf(xs[box[0]][:, None, None], ys[box[1]][None, :, None], zs[box[2]][None, None, :], centre, semi, rot)
+    out[box[0], box[1], box[2]] = sub
+    return out
+
+
 @dataclass
 class Tubes:
     """A set of tapered capsules (vessels, airways, ribs): segment end points and radii in mm."""
@@ -127,51 +142,62 @@ def branching_tree(
     inside,
     min_radius: float,
     centre: np.ndarray,
-    max_segments: int = 4000,
+    max_segments: int = 6000,
 ) -> list[tuple]:
-    """A recursive bifurcating tube tree (vessels, airways) that stays inside a region.
+    """A bifurcating tube tree (vessels, airways) grown generation by generation inside an organ.
 
-    ``inside(point, radius)`` says whether a segment end fits the organ; children get thinner
-    (Murray-like ratios), shorter, split at 15-60 degrees and lean away from ``centre`` so the tree
-    fills the organ the way pulmonary vessels fan out from the hilum.
+    ``inside(x, y, z, radius)`` (arrays) says which segment tips fit the organ; a tip that does not
+    is retried shorter and bent, then dropped. Each branch point continues with a main child
+    (slightly thinner, small angle) and a side child (thinner, 35-70 degrees) leaning away from
+    ``centre`` so the tree fans out from the hilum and fills the organ, thinning distally.
     """
     segments: list[tuple] = []
-    stack = [(np.asarray(start, float), _unit(direction), radius, length)]
-    while stack and len(segments) < max_segments:
-        p0, d, r, ell = stack.pop()
-        end = None
-        for attempt in range(3):  # shorten / bend when the tip would leave the organ
-            trial_d = d if attempt == 0 else _unit(d + rng.normal(0.0, 0.5, 3))
-            trial_len = ell * (1.0, 0.7, 0.5)[attempt]
-            p1 = p0 + trial_d * trial_len
-            if inside(p1, r):
-                end, d = p1, trial_d
+    p0 = np.asarray(start, float)[None, :]
+    d = _unit(np.asarray(direction, float))[None, :]
+    r = np.array([radius], float)
+    ell = np.array([length], float)
+    while len(r) and len(segments) < max_segments:
+        ends = np.full_like(p0, np.nan)
+        for attempt, shrink in enumerate((1.0, 0.65, 0.4)):
+            todo = np.isnan(ends[:, 0])
+            if not todo.any():
                 break
-        if end is None:
-            continue
-        segments.append((p0, end, r, r * 0.92))
-        child_r = (r * rng.uniform(0.72, 0.86), r * rng.uniform(0.55, 0.75))
-        if child_r[0] < min_radius:
-            continue
-        outward = _unit(end - centre)
-        axis = _unit(np.cross(d, rng.normal(size=3)))
-        angles = (np.radians(rng.uniform(12, 35)), -np.radians(rng.uniform(30, 60)))
-        for cr, angle in zip(child_r, angles):
-            if cr < min_radius:
-                continue
-            cd = _unit(_rotate(d, axis, angle) + 0.25 * outward)
-            cl = float(np.clip(cr * rng.uniform(7.0, 11.0), 4.0, 45.0))
-            stack.append((end, cd, cr, cl))
-    return segments
+            trial_d = d[todo] if attempt == 0 else _unit(d[todo] + rng.normal(0.0, 0.45, (int(todo.sum()), 3)))
+            tips = p0[todo] + trial_d * (ell[todo] * shrink)[:, None]
+            ok = np.asarray(inside(tips[:, 0], tips[:, 1], tips[:, 2], r[todo]), bool)
+            rows = np.flatnonzero(todo)[ok]
+            ends[rows], d[rows] = tips[ok], trial_d[ok]
+        keep = ~np.isnan(ends[:, 0])
+        p0, ends, d, r = p0[keep], ends[keep], d[keep], r[keep]
+        segments += [(a, b, float(rad), float(rad) * 0.93) for a, b, rad in zip(p0, ends, r)]
+        n = len(r)
+        if n == 0:
+            break
+        outward = _unit(ends - centre)
+        axis = _unit(np.cross(d, rng.normal(size=(n, 3))))
+        main_r, side_r = r * rng.uniform(0.78, 0.9, n), r * rng.uniform(0.5, 0.72, n)
+        main_d = _rotate(d, axis, np.radians(rng.uniform(5, 25, n)))
+        side_d = _rotate(d, axis, -np.radians(rng.uniform(35, 70, n)))
+        child_p, child_d, child_r = [], [], []
+        for cr, cd, lean in ((main_r, main_d, 0.15), (side_r, side_d, 0.3)):
+            grow = cr >= min_radius
+            child_p.append(ends[grow])
+            child_d.append(_unit(cd[grow] + lean * outward[grow]))
+            child_r.append(cr[grow])
+        p0, d, r = np.vstack(child_p), np.vstack(child_d), np.concatenate(child_r)
+        ell = np.clip(r * rng.uniform(4.5, 7.5, len(r)), 3.0, 30.0)
+    return segments[:max_segments]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-9)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
 
 
-def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rodrigues rotation of ``v`` about the unit ``axis``."""
-    return v * np.cos(angle) + np.cross(axis, v) * np.sin(angle) + axis * (axis @ v) * (1 - np.cos(angle))
+def _rotate(v: np.ndarray, axis: np.ndarray, angle) -> np.ndarray:
+    """Rodrigues rotation of the rows of ``v`` about the unit rows of ``axis``."""
+    angle = np.asarray(angle, float)[..., None]
+    along = np.sum(axis * v, axis=-1, keepdims=True)
+    return v * np.cos(angle) + np.cross(axis, v) * np.sin(angle) + axis * along * (1 - np.cos(angle))
 
 
 def block_mean(array: np.ndarray, factor: int) -> np.ndarray:

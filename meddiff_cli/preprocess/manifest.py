@@ -115,10 +115,10 @@ def validate_manifest(manifest: Any, path: str | Path | None = None) -> None:
         fail(f"missing keys {missing}")
     if manifest["modality"] not in ("ct", "mri"):
         fail(f"modality {manifest['modality']!r} is not ct or mri")
-    for key, kind in (("spacing", float), ("size", int)):
+    for key, kinds in (("spacing", (int, float)), ("size", (int,))):
         value = manifest[key]
-        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in value)):
-            fail(f"{key} must be three positive numbers, got {value!r}")
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, kinds) and v > 0 for v in value)):
+            fail(f"{key} must be three positive {'integers' if key == 'size' else 'numbers'}, got {value!r}")
     if manifest["labels"] is not None and not (
         isinstance(manifest["labels"], dict) and all(isinstance(v, int) for v in manifest["labels"].values())
     ):

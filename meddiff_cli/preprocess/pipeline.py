@@ -12,11 +12,12 @@ import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import filelock
+import numpy as np
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError, MeddiffError, UsageError
 from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps, sha256_file
@@ -29,6 +30,7 @@ from meddiff_cli.preprocess.manifest import (
     settings_differences,
 )
 from meddiff_cli.preprocess.transform import PreprocessSettings, harmonise_label, harmonise_volume, orientation_codes
+from meddiff_cli.signals import ignore_interrupts_in_worker
 
 PHANTOM_FORMAT = "meddiff-phantom"
 LOCK_NAME = ".meddiff-preprocess.lock"
@@ -65,6 +67,7 @@ class _Job:
 
     case: CaseSource
     label: CaseSource | None
+    label_required: bool  # labels were given for this run, so a case without one is an error
     out_dir: Path
     settings: PreprocessSettings
 
@@ -132,7 +135,7 @@ def _run(
             manifest["cases"] = list(previous["cases"])
             manifest["labels"] = found.label_names if found.label_names is not None else previous["labels"]
         else:
-            _remove_outputs(out_dir, previous["cases"], keep=set())
+            _remove_outputs(out_dir, previous["cases"])
     for folder in (out_dir, out_dir / "images", out_dir / "labels"):
         remove_stale_temps(folder)
 
@@ -147,10 +150,8 @@ def _run(
             _finish(result, {"case_id": case.case_id, "source": str(case.path), "status": "skipped"}, total, on_case_done)
         elif status is not None:
             _finish(result, _failure(case, status), total, on_case_done)
-        elif case.case_id in found.labels and found.labels[case.case_id] is None:
-            _finish(result, _failure(case, "no label map with this case id in the labels folder"), total, on_case_done)
         else:
-            jobs.append(_Job(case, found.labels.get(case.case_id), out_dir, settings))
+            jobs.append(_Job(case, found.labels.get(case.case_id), case.case_id in found.labels, out_dir, settings))
 
     errors: list[dict[str, Any]] = [
         {"source": c["source"], "case_id": c["case_id"], "error": c["error"]} for c in result.failed
@@ -162,6 +163,11 @@ def _run(
             manifest["cases"] = [recorded[key] for key in sorted(recorded)]
             atomic_write_json(out_dir / MANIFEST_NAME, manifest)
         else:
+            stale = recorded.get(outcome["case_id"])
+            if stale is not None and not _outputs_intact(stale, out_dir):
+                del recorded[outcome["case_id"]]  # its files are gone or damaged: the entry would lie
+                manifest["cases"] = [recorded[key] for key in sorted(recorded)]
+                atomic_write_json(out_dir / MANIFEST_NAME, manifest)
             errors.append({key: outcome[key] for key in ("source", "case_id", "error")})
             atomic_write_json(out_dir / ERRORS_NAME, errors)
         _finish(result, outcome, total, on_case_done)
@@ -183,7 +189,9 @@ def _execute(jobs: list[_Job], workers: int, record: Callable[[dict[str, Any]], 
         return
     # spawn, not fork: the parent may hold torch/OpenMP threads, which fork can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=context, initializer=ignore_interrupts_in_worker
+    ) as pool:
         pending: dict[Future, _Job] = {pool.submit(process_job, job): job for job in jobs}
         try:
             while pending:
@@ -220,6 +228,15 @@ def _process_case(job: _Job) -> dict[str, Any]:
         raise BadInputError(f"this scan is {volume.modality} but the run preprocesses {settings.modality}")
     volume.modality = settings.modality
     image = harmonise_volume(volume, settings)
+    label = None
+    if job.label is not None:
+        try:
+            label = harmonise_label(read_case(job.label, settings.modality), volume, settings)
+        except MeddiffError as error:
+            raise BadInputError(f"label {job.label.path}: {error.message}") from None
+    elif job.label_required:
+        raise BadInputError("no label map with this case id in the labels folder")
+    # Written only when everything succeeded, so a failed case leaves no half-made pair behind.
     image_rel = f"images/{case.case_id}.nii.gz"
     write_nifti(image, job.out_dir / image_rel, dtype="float32")
     entry: dict[str, Any] = {
@@ -235,17 +252,12 @@ def _process_case(job: _Job) -> dict[str, Any]:
         "sha256": sha256_file(job.out_dir / image_rel),
         "label_sha256": None,
     }
-    if job.label is not None:
-        try:
-            label_volume = read_case(job.label, settings.modality)
-            label = harmonise_label(label_volume, volume, settings)
-        except MeddiffError as error:
-            raise BadInputError(f"label {job.label.path}: {error.message}") from None
+    if label is not None:
         label_rel = f"labels/{case.case_id}.nii.gz"
         write_nifti(label, job.out_dir / label_rel, dtype="uint8")
         entry["label"] = label_rel
         entry["label_sha256"] = sha256_file(job.out_dir / label_rel)
-        entry["label_values"] = sorted(int(v) for v in set(label.array.ravel().tolist()))
+        entry["label_values"] = [int(v) for v in np.unique(label.array)]
     return entry
 
 
@@ -268,14 +280,15 @@ def _existing_status(entry: dict[str, Any] | None, case: CaseSource, out_dir: Pa
         return None
     if not _same_source(entry["source"], case.path):
         return f"case id already holds {entry['source']} in this folder; pass --overwrite or choose another --out"
+    return "skipped" if _outputs_intact(entry, out_dir) else None
+
+
+def _outputs_intact(entry: dict[str, Any], out_dir: Path) -> bool:
+    """The recorded image (and label) exist with the recorded SHA-256."""
     outputs = [(entry["image"], entry["sha256"])]
     if entry["label"] is not None:
         outputs.append((entry["label"], entry["label_sha256"]))
-    for relative, digest in outputs:
-        path = out_dir / relative
-        if not path.is_file() or sha256_file(path) != digest:
-            return None
-    return "skipped"
+    return all((out_dir / rel).is_file() and sha256_file(out_dir / rel) == digest for rel, digest in outputs)
 
 
 def _same_source(recorded: str, path: Path) -> bool:
@@ -299,11 +312,9 @@ def _previous_manifest(out_dir: Path, overwrite: bool) -> dict[str, Any] | None:
         raise UsageError(f"{error.message}; pass --overwrite to start this folder afresh", out_dir / MANIFEST_NAME) from None
 
 
-def _remove_outputs(out_dir: Path, cases: list[dict[str, Any]], keep: set[str]) -> None:
+def _remove_outputs(out_dir: Path, cases: list[dict[str, Any]]) -> None:
     """Delete outputs made with superseded settings so the folder never mixes two grids."""
     for case in cases:
-        if case["case_id"] in keep:
-            continue
         for key in ("image", "label"):
             if case.get(key):
                 (out_dir / case[key]).unlink(missing_ok=True)
@@ -332,7 +343,7 @@ def _resolve_modality(settings: PreprocessSettings, found: _Inputs, previous: di
 
 
 def _gather_inputs(inputs: list[Path], labels_dir: Path | None) -> _Inputs:
-    """Expand phantom folders into their images/labels, discover cases, pair label maps with cases."""
+    """Expand phantom folders (via their manifest), discover the other inputs, pair label maps with cases."""
     if not inputs:
         raise InputNotFoundError("no INPUT given")
     for path in inputs:
@@ -341,45 +352,62 @@ def _gather_inputs(inputs: list[Path], labels_dir: Path | None) -> _Inputs:
     if labels_dir is not None and not labels_dir.is_dir():
         raise InputNotFoundError("labels folder not found", labels_dir)
 
-    scan_inputs: list[Path] = []
-    phantom_labels: dict[Path, Path] = {}  # images folder -> labels folder
+    cases: list[CaseSource] = []
+    labels: dict[str, CaseSource | None] = {}
     names: dict[str, int] | None = None
     modalities: set[str] = set()
+    scan_inputs: list[Path] = []
     for path in inputs:
         phantom = _phantom_manifest(path)
         if phantom is None:
             scan_inputs.append(path)
             continue
-        scan_inputs.append(path / "images")
-        if (path / "labels").is_dir():
-            phantom_labels[(path / "images").resolve()] = path / "labels"
+        for case, label in _phantom_cases(path, phantom):
+            cases.append(case)
+            labels[case.case_id] = label
         if phantom.get("modality") in ("ct", "mri"):
             modalities.add(phantom["modality"])
         if isinstance(phantom.get("labels"), dict):
             names = {**(names or {}), **_label_names(phantom["labels"])}
     if len(modalities) > 1:
         raise UsageError(f"phantom inputs mix modalities {sorted(modalities)}: preprocess them separately")
-
-    cases = discover_cases(scan_inputs)
+    if scan_inputs:
+        cases.extend(discover_cases(scan_inputs))
     if not cases:
         raise InputNotFoundError(f"no volumes found in {', '.join(str(p) for p in inputs)}")
+    by_case_id: dict[str, CaseSource] = {}
+    for case in cases:
+        if case.case_id in by_case_id:
+            raise BadInputError(
+                f"two inputs give the same case id {case.case_id!r}: {by_case_id[case.case_id].path} and {case.path}"
+            )
+        by_case_id[case.case_id] = case
 
-    labels: dict[str, CaseSource | None] = {}
-    by_id: dict[str, CaseSource] = {}
     if labels_dir is not None:
         by_id = {label.case_id: label for label in discover_cases([labels_dir])}
-        if not by_id:
-            raise InputNotFoundError("no label maps found", labels_dir)
         names = names or _dataset_json_names(labels_dir)
-    for case in cases:
-        if labels_dir is not None:
-            labels[case.case_id] = by_id.get(case.case_id) or by_id.get(_strip_channel(case.case_id))
-            continue
-        folder = phantom_labels.get(Path(case.path).parent.resolve())
-        if folder is not None:
-            candidate = folder / Path(case.path).name
-            labels[case.case_id] = discover_cases([candidate])[0] if candidate.is_file() else None
-    return _Inputs(cases, labels, names, modalities.pop() if modalities else None)
+        labels = {
+            case.case_id: by_id.get(case.case_id) or by_id.get(_strip_channel(case.case_id)) for case in cases
+        }
+    return _Inputs(sorted(cases, key=lambda c: c.case_id), labels, names, modalities.pop() if modalities else None)
+
+
+def _phantom_cases(folder: Path, manifest: dict[str, Any]) -> list[tuple[CaseSource, CaseSource | None]]:
+    """The cases a ``meddiff phantom`` manifest lists, under its case ids (also for DICOM series folders)."""
+    entries = manifest.get("cases")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "case_id" in e and "image" in e for e in entries):
+        raise BadInputError("phantom manifest has no valid cases list", folder / MANIFEST_NAME)
+    pairs = []
+    for entry in entries:
+        case_id, image = str(entry["case_id"]), folder / entry["image"]
+        found = discover_cases([image]) if image.exists() else []
+        # A missing image stays a case, so that its failure is reported (read_case names the missing path).
+        case = replace(found[0], case_id=case_id) if len(found) == 1 else CaseSource(case_id, image, "missing")
+        label = None
+        if entry.get("label") and (folder / entry["label"]).is_file():
+            label = discover_cases([folder / entry["label"]])[0]
+        pairs.append((case, label))
+    return pairs
 
 
 def _phantom_manifest(path: Path) -> dict[str, Any] | None:

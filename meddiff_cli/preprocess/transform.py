@@ -29,9 +29,9 @@ DEFAULT_SIZE = 64
 DEFAULT_WINDOW_HU = (-1000.0, 1000.0)
 DEFAULT_PERCENTILES = (0.5, 99.5)
 CT_BACKGROUND_HU = -1024.0
-FOREGROUND_FRACTION = 0.02
-"""MRI percentiles are taken over voxels brighter than min + 2 % of the (min, 99.9th percentile) range,
-so the air around the head does not drag the low percentile down to zero."""
+FOREGROUND_FRACTION = 0.1
+"""MRI percentiles are taken over the head/body: voxels brighter than p2 + 10 % of (p98 - p2), FSL BET's
+robust intensity threshold, so the noisy air around the head does not drag the low percentile down."""
 MIN_FOREGROUND_VOXELS = 0.01
 """If fewer than 1 % of the voxels pass the foreground test, all voxels are used instead."""
 
@@ -182,7 +182,7 @@ def intensity_mapping(array: np.ndarray, settings: PreprocessSettings) -> dict[s
     if settings.modality == "ct":
         return {"kind": "ct_window", "window": list(settings.window), "unit": "HU"}
     finite = array[np.isfinite(array)]
-    low, top = float(finite.min()), float(np.percentile(finite, 99.9))
+    low, top = (float(v) for v in np.percentile(finite, [2.0, 98.0]))
     foreground = finite[finite > low + FOREGROUND_FRACTION * (top - low)]
     if foreground.size < MIN_FOREGROUND_VOXELS * finite.size:
         foreground = finite

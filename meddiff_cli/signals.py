@@ -1,0 +1,35 @@
+"""Interruption handling shared by the CLI entry point and worker pools.
+
+SIGTERM (``kill``, a batch scheduler, ``docker stop``) is treated exactly like Ctrl-C: it runs
+whatever SIGINT handler is active (a command may install a graceful one, e.g. ``train`` stops at
+the next step boundary), else raises ``KeyboardInterrupt``. Either way the ``finally`` blocks of
+the atomic-write helpers remove temp files and the CLI exits with code 130.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+
+def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM behave like SIGINT in this (main-thread) process."""
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+
+def ignore_interrupts_in_worker() -> None:
+    """Pool-worker initializer: Ctrl-C reaches the whole process group, but only the parent reacts.
+
+    The parent cancels pending work and waits for each worker's current case, which finishes its
+    atomic write (or fails) normally; a worker killed mid-loop would print its own traceback and
+    break the pool instead.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,117 @@
+"""Model cache: resolution, listing, sha256 verification, import, removal, locking."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from conftest import save_random_tiny_model
+from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.model.card import ModelCard
+from meddiff_cli.models import (
+    import_model, list_models, model_lock, remove_model, resolve_model, verify_model,
+)
+
+
+def _flip_byte(path, offset: int = -1) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_resolve_by_name_and_by_path(tiny_model, tmp_path):
+    assert resolve_model("tiny") == tiny_model
+    assert resolve_model(str(tiny_model)) == tiny_model
+    with pytest.raises(ModelError, match="meddiff train"):
+        resolve_model(None)  # the default model is not in this empty cache
+    with pytest.raises(ModelError, match="no model.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(UsageError, match="invalid model name"):
+        resolve_model("bad name!")
+
+
+def test_list_info_and_verify_cli(tiny_model, run_meddiff):
+    code, stdout, _ = run_meddiff("models", "list", "--json")
+    listing = json.loads(stdout)
+    assert code == 0 and [m["name"] for m in listing["models"]] == ["tiny"]
+    assert listing["models"][0]["modalities"] == ["ct", "mri"] and listing["models"][0]["onnx"]
+    code, stdout, _ = run_meddiff("models", "info", "tiny", "--json")
+    assert code == 0 and json.loads(stdout)["card"]["latent"]["shape"] == [8, 8, 8]
+    code, stdout, _ = run_meddiff("models", "verify", "--json")
+    report = json.loads(stdout)["verified"]["tiny"]
+    assert code == 0 and set(report) == set(ModelCard.load(tiny_model).files)
+
+
+@pytest.mark.parametrize("victim", ["autoencoder.safetensors", "onnx/denoiser.fp32.onnx"])
+def test_verify_detects_a_flipped_byte(tiny_model, run_meddiff, victim):
+    _flip_byte(tiny_model / victim, offset=len((tiny_model / victim).read_bytes()) // 2)
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        verify_model(tiny_model)
+    code, stdout, err = run_meddiff("models", "verify", "tiny")
+    assert code == 6 and victim.split("/")[-1] in err.replace("\n", "") and stdout == ""
+
+
+def test_verify_detects_missing_file_and_escaping_names(tiny_model):
+    card = ModelCard.load(tiny_model)
+    card.files["../outside.bin"] = "0" * 64
+    card.save(tiny_model)
+    with pytest.raises(ModelError, match="outside the model folder"):
+        verify_model(tiny_model)
+    del card.files["../outside.bin"]
+    card.save(tiny_model)
+    (tiny_model / "onnx" / "decoder.fp32.onnx").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        verify_model(tiny_model)
+
+
+def test_import_copies_verified_models_only(tmp_path, run_meddiff):
+    source = save_random_tiny_model(tmp_path / "trained", name="trained")
+    (source / "checkpoint").mkdir()
+    (source / "checkpoint" / "state.bin").write_bytes(b"training state, not needed to sample")
+    code, stdout, _ = run_meddiff("models", "import", source, "--name", "ct32", "--json")
+    assert code == 0
+    target = resolve_model("ct32")
+    assert json.loads(stdout)["name"] == "ct32" and ModelCard.load(target).name == "ct32"
+    assert verify_model(target) and not (target / "checkpoint").exists()
+    assert (target / "denoiser.safetensors").read_bytes() == (source / "denoiser.safetensors").read_bytes()
+    code, _, err = run_meddiff("models", "import", source, "--name", "ct32")
+    assert code == 2 and "already exists" in err
+    with pytest.raises(UsageError):
+        import_model(source, "../escape")
+    _flip_byte(source / "denoiser.safetensors")
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        import_model(source, "tampered")
+    assert [m["name"] for m in list_models()] == ["ct32"]  # nothing half-imported
+
+
+def test_rm_needs_confirmation_and_removes(tiny_model, run_meddiff):
+    code, _, err = run_meddiff("models", "rm", "tiny")
+    assert code == 2 and "--yes" in err and tiny_model.is_dir()
+    code, _, _ = run_meddiff("models", "rm", "tiny", "--yes", "-q")
+    assert code == 0 and not tiny_model.exists()
+    with pytest.raises(ModelError, match="not in the cache"):
+        remove_model("tiny")
+
+
+def test_model_lock_excludes_other_holders(tiny_model):
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with model_lock(tiny_model):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(10)
+    try:
+        with pytest.raises(ModelError, match="lock"):
+            with model_lock(tiny_model, timeout=0.2):
+                pass
+    finally:
+        release.set()
+        thread.join()
+    with model_lock(tiny_model, timeout=1):
+        pass

@@ -1,0 +1,184 @@
+"""`meddiff train` on CPU with the tiny preset: learning, bit-for-bit resume, model folder, CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.model import store
+from meddiff_cli.model.card import ModelCard
+from meddiff_cli.train import Reporter, TrainOptions, train_model
+from meddiff_cli.train.checkpoint import CHECKPOINT_DIR, load_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_support import make_data  # noqa: E402
+
+# Small and quick: 16^3 volumes (the tiny pyramid needs multiples of 16), no periodic previews/validation.
+FAST = {"train.val_every": 1000, "train.preview_every": 1000, "train.checkpoint_every": 1000,
+        "train.adv_warmup_steps": 2, "train.adv_ramp_steps": 2, "train.warmup_steps": 1}
+
+
+class Recorder(Reporter):
+    """Collects per-step losses; optionally raises KeyboardInterrupt (like Ctrl-C) after a given step."""
+
+    def __init__(self, interrupt: tuple[str, int] | None = None) -> None:
+        self.losses: dict[str, list[dict[str, float]]] = {}
+        self.interrupt = interrupt
+
+    def step_done(self, stage: str, step: int, total_steps: int, losses: dict[str, float]) -> None:
+        self.losses.setdefault(stage, []).append(losses)
+        if self.interrupt == (stage, step):
+            raise KeyboardInterrupt
+
+
+def options(data: list[Path], cache: Path, name: str = "m", **kwargs) -> TrainOptions:
+    kwargs.setdefault("overrides", dict(FAST))
+    return TrainOptions(data=data, name=name, preset="tiny", device="cpu", workers=0, cache_dir=cache, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ct_data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data") / "ct", "ct", cases=4, size=16)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ct_data) -> tuple[Path, Path, Recorder]:
+    """One model trained through both stages, shared by the read-only tests below."""
+    root = tmp_path_factory.mktemp("trained")
+    mri = make_data(root / "mri", "mri", cases=3, size=16, seed=5)
+    recorder = Recorder()
+    result = train_model(options([ct_data, mri], root / "cache", ae_steps=3, diffusion_steps=3,
+                                 overrides={**FAST, "train.val_every": 3, "train.preview_every": 3}), recorder)
+    return result.folder, root, recorder
+
+
+def test_autoencoder_loss_decreases_on_smooth_volumes(tmp_path):
+    data = make_data(tmp_path / "ct", "ct", cases=4, size=32, seed=1)
+    recorder = Recorder()
+    train_model(options([data], tmp_path / "cache", stage="autoencoder", steps=24, seed=3,
+                        overrides={**FAST, "train.adv_warmup_steps": 1000, "train.lr": 1e-3}), recorder)
+    l1 = [step["l1"] for step in recorder.losses["autoencoder"]]
+    assert len(l1) == 24
+    assert np.mean(l1[-4:]) < 0.75 * np.mean(l1[:4]), l1
+
+
+def _all_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    state, groups = load_checkpoint(folder)
+    tensors = {f"checkpoint/{g}/{k}": v for g, group in groups.items() for k, v in group.items()}
+    for name in (store.AUTOENCODER_FILE, store.DENOISER_FILE):
+        tensors.update({f"{name}/{k}": v for k, v in load_file(str(folder / name)).items()})
+    return tensors
+
+
+def test_resume_after_interruption_is_bit_for_bit(tmp_path, ct_data):
+    common = dict(ae_steps=4, diffusion_steps=4, seed=7)
+    straight = train_model(options([ct_data], tmp_path / "a", **common))
+
+    cache = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):  # stop in stage 1, after the discriminator has started
+        train_model(options([ct_data], cache, **common), Recorder(interrupt=("autoencoder", 3)))
+    state, _ = load_checkpoint(cache / "models" / "m")
+    assert (state["stage"], state["step"]) == ("autoencoder", 3)
+    with pytest.raises(KeyboardInterrupt):  # stop in stage 2
+        train_model(options([ct_data], cache, resume=True, **common), Recorder(interrupt=("diffusion", 2)))
+    resumed = train_model(options([ct_data], cache, resume=True, **common))
+    assert resumed.steps_run == {"diffusion": 2}
+
+    expected, actual = _all_tensors(straight.folder), _all_tensors(resumed.folder)
+    assert expected.keys() == actual.keys()
+    different = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not different, different[:5]
+    assert resumed.card.training["steps"] == straight.card.training["steps"] == {"autoencoder": 4, "diffusion": 4}
+    assert resumed.card.latent == straight.card.latent
+    assert resumed.card.metrics == straight.card.metrics
+
+
+def test_model_card_round_trips_and_holds_no_paths(trained):
+    folder, root, _ = trained
+    card = ModelCard.load(folder)
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+    assert card.modalities == ["ct", "mri"]
+    assert card.volume == {"shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0]}
+    assert card.intensity["ct"] == {"kind": "ct_window", "window": [-1000, 1000], "unit": "HU"}
+    assert card.intensity["mri"]["unit"] == "a.u." and card.intensity["mri"]["output_range"] == [0, 1000]
+    assert card.training["cases"] == {"ct": {"train": 3, "val": 1}, "mri": {"train": 2, "val": 1}}
+    assert card.training["steps"] == {"autoencoder": 3, "diffusion": 3}
+    assert card.latent["channels"] == 4 and card.latent["shape"] == [4, 4, 4] and card.latent["scale_factor"] > 0
+    assert card.sampling["velocity"] == "x0 - noise"
+    assert {"autoencoder_val_l1", "autoencoder_val_psnr_db", "diffusion_val_loss"} <= card.metrics.keys()
+    text = (folder / "model.json").read_text()
+    assert str(root) not in text and "case0" not in text and "images/" not in text
+    assert sorted(p.name for p in (folder / "previews").glob("*.png")) == ["autoencoder_0000003.png", "diffusion_0000003.png"]
+
+
+def test_scheduler_kwargs_rebuild_monai_scheduler_and_reach_data(trained):
+    """The card's scheduler + convention reproduce x0 exactly when the velocity is the true x0 - noise."""
+    from monai.networks.schedulers import RFlowScheduler
+
+    from meddiff_cli.train.trainer import euler_sample
+
+    card = ModelCard.load(trained[0])
+    assert RFlowScheduler(**card.scheduler).num_train_timesteps == 1000
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 4, 4, 4, 4, generator=generator)
+    noise = torch.randn(1, 4, 4, 4, 4, generator=generator)
+
+    def ideal(latent, timesteps, class_labels):  # straight path: the velocity is constant
+        return x0 - noise
+
+    result = euler_sample(ideal, card.scheduler, noise, torch.tensor([0]), steps=7)
+    assert torch.allclose(result, x0, atol=1e-5)
+    scheduler = RFlowScheduler(**card.scheduler)
+    noisy = scheduler.add_noise(x0, noise, torch.tensor([250.0]))
+    assert torch.allclose(noisy, 0.75 * x0 + 0.25 * noise)
+
+
+def test_store_loads_trained_model_and_refuses_tampering(trained, tmp_path):
+    folder = trained[0]
+    card, autoencoder, denoiser = store.load_model(folder)
+    saved = load_file(str(folder / store.DENOISER_FILE))
+    _, groups = load_checkpoint(folder)
+    ema = {k.removeprefix("module."): v for k, v in groups["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(denoiser.state_dict()[k], saved[k]) and torch.equal(saved[k], ema[k]) for k in saved)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("model.json", store.AUTOENCODER_FILE, store.DENOISER_FILE):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    blob = bytearray((copy / store.DENOISER_FILE).read_bytes())
+    blob[-3] ^= 0x01
+    (copy / store.DENOISER_FILE).write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        store.load_model(copy)
+
+
+def test_existing_model_needs_resume_and_diffusion_needs_autoencoder(trained, ct_data, tmp_path):
+    folder, root, _ = trained
+    with pytest.raises(UsageError, match="already exists"):
+        train_model(options([ct_data, root / "mri"], root / "cache", ae_steps=1))
+    with pytest.raises(UsageError, match="already has a trained denoiser"):
+        train_model(options([ct_data, root / "mri"], root / "cache", stage="diffusion", steps=1))
+    with pytest.raises(ModelError, match="autoencoder first"):
+        train_model(options([ct_data], tmp_path / "empty", stage="diffusion", steps=1))
+    with pytest.raises(UsageError, match="does not match"):
+        train_model(options([ct_data], root / "cache", resume=True))
+    with pytest.raises(ModelError, match="no training checkpoint"):
+        (tmp_path / "c" / "models" / "x").mkdir(parents=True)
+        ModelCard.load(folder).save(tmp_path / "c" / "models" / "x")
+        train_model(options([ct_data, root / "mri"], tmp_path / "c", name="x", resume=True))
+
+
+def test_separate_stage_invocations_continue_the_same_model(tmp_path, ct_data):
+    first = train_model(options([ct_data], tmp_path, stage="autoencoder", steps=2))
+    assert first.card.training["steps"] == {"autoencoder": 2, "diffusion": 0}
+    assert first.card.latent["scale_factor"] is None
+    second = train_model(options([ct_data], tmp_path, stage="diffusion", steps=2))
+    assert second.card.training["steps"] == {"autoencoder": 2, "diffusion": 2}
+    assert store.load_model(second.folder)[0].latent["scale_factor"] > 0
+    assert (second.folder / CHECKPOINT_DIR / "state.json").is_file()

@@ -1,0 +1,55 @@
+"""Two-process DDP (torchrun, gloo on CPU) writes the same model/checkpoint format as a single process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from meddiff_cli.model import store
+from meddiff_cli.model.card import ModelCard
+from meddiff_cli.train import TrainOptions, train_model
+from meddiff_cli.train.checkpoint import load_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_support import make_data  # noqa: E402
+
+SETTINGS = ["--set", "train.adv_warmup_steps=1", "--set", "train.adv_ramp_steps=1", "--set", "train.val_every=100"]
+
+
+def _layout(folder: Path) -> dict:
+    state, groups = load_checkpoint(folder)
+    return {
+        "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+        "checkpoint": {g: {k: tuple(v.shape) for k, v in t.items()} for g, t in groups.items()},
+        "state_keys": sorted(state),
+        "weights": {n: {k: tuple(v.shape) for k, v in load_file(str(folder / n)).items()}
+                    for n in (store.AUTOENCODER_FILE, store.DENOISER_FILE)},
+        "card_keys": sorted(ModelCard.load(folder).to_dict()),
+    }
+
+
+def test_two_process_gloo_ddp_matches_single_process_format(tmp_path):
+    data = make_data(tmp_path / "ct", "ct", cases=5, size=16)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDDIFF_HOME": str(tmp_path / "ddp")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "meddiff_cli", "train", str(data), "--name", "m", "--ae-steps", "2", "--diffusion-steps", "2",
+               "--batch-size", "1", "--device", "cpu", "--workers", "0", "--json", *SETTINGS]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # rank 0 alone prints, exactly one JSON document
+    assert summary["steps"] == {"autoencoder": 2, "diffusion": 2}
+    ddp_folder = Path(summary["folder"])
+    card = ModelCard.load(ddp_folder)
+    assert card.training["world_size"] == 2 and card.training["global_batch_size"] == 2
+    store.load_model(ddp_folder)  # sha256-verified and loadable
+
+    single = train_model(TrainOptions([data], "m", preset="tiny", ae_steps=2, diffusion_steps=2, device="cpu",
+                                      cache_dir=tmp_path / "single", overrides={
+                                          "train.adv_warmup_steps": 1, "train.adv_ramp_steps": 1,
+                                          "train.val_every": 100, "train.batch_size": 1}))
+    assert _layout(ddp_folder) == _layout(single.folder)
