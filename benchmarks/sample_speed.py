@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from meddiff_cli.export import ensure_onnx, onnx_files
+from meddiff_cli.export import ensure_onnx, latent_scale, onnx_files
 from meddiff_cli.model.card import ModelCard, preset_config
 from meddiff_cli.model.networks import DenoiserForExport, build_autoencoder, build_denoiser
 from meddiff_cli.model.store import load_model, save_model
@@ -108,6 +108,7 @@ def main() -> int:
         folder = resolve_model(args.model) if args.model else random_model(Path(scratch) / "model", args.preset, args.latent)
         card, autoencoder, unet = load_model(folder)
         flops = denoiser_flops(unet, card)
+        scale = latent_scale(card)
         print(f"model {card.name}: latent {card.latent['channels']}x{'x'.join(map(str, card.latent['shape']))}, "
               f"volume {'x'.join(map(str, card.volume['shape']))}, denoiser "
               f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params, {flops / 1e9:.3f} GFLOP/step/volume; "
@@ -117,9 +118,9 @@ def main() -> int:
             ensure_onnx(folder, precision)
             card = ModelCard.load(folder)
             candidates = [("onnx", lambda p=precision: OnnxBackend(*(folder / f for f in onnx_files(p)), args.device, p)),
-                          ("torch eager", lambda p=precision: TorchBackend(autoencoder, unet, 1.0, args.device, p))]
+                          ("torch eager", lambda p=precision: TorchBackend(autoencoder, unet, scale, args.device, p))]
             if cuda or args.compile:
-                candidates.append(("torch.compile", lambda p=precision: _compiled(autoencoder, unet, args.device, p)))
+                candidates.append(("torch.compile", lambda p=precision: _compiled(autoencoder, unet, scale, args.device, p)))
             for label, make in candidates:
                 backend = make()
                 for batch in batch_sizes:
@@ -140,8 +141,8 @@ def main() -> int:
     return 0
 
 
-def _compiled(autoencoder, unet, device: str, precision: str) -> TorchBackend:
-    backend = TorchBackend(autoencoder, unet, 1.0, device, precision)
+def _compiled(autoencoder, unet, scale: float, device: str, precision: str) -> TorchBackend:
+    backend = TorchBackend(autoencoder, unet, scale, device, precision)
     backend.denoiser = torch.compile(backend.denoiser)
     backend.provider += "-compile"
     return backend

@@ -49,6 +49,15 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def latent_scale(card: ModelCard) -> float:
+    """The card's latent scale factor; unset means the diffusion stage never ran, so there is nothing to sample."""
+    value = card.latent.get("scale_factor")
+    if value is None or not card.latent.get("shape"):
+        raise ModelError(f"model {card.name!r} has no trained denoiser yet (latent scale factor unset): "
+                         "run `meddiff train` through the diffusion stage first")
+    return float(value)
+
+
 def has_onnx(card: ModelCard, folder: Path, precision: str) -> bool:
     return all(name in card.files and (folder / name).is_file() for name in onnx_files(precision))
 
@@ -105,7 +114,7 @@ def _export_locked(model_folder: Path, target: Path, precision: str, opset: int,
                    copy_card: bool) -> ExportResult:
     card, autoencoder, unet = load_model(model_folder)
     denoiser = DenoiserForExport(unet).eval()
-    decoder = DecoderForExport(autoencoder, card.latent.get("scale_factor", 1.0)).eval()
+    decoder = DecoderForExport(autoencoder, latent_scale(card)).eval()
     generator = torch.Generator().manual_seed(seed)
     export_inputs = _random_inputs(card, batch=2, generator=generator)
     check_inputs = _random_inputs(card, batch=3, generator=generator)  # another batch size: dynamic axis works
@@ -186,7 +195,8 @@ def _export_graph(module: torch.nn.Module, example: tuple[torch.Tensor, ...], pa
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, example, input_names=input_names, output_names=output_names,
-                                        dynamic_shapes=shapes, opset_version=opset, dynamo=True)
+                                        dynamic_shapes=shapes, opset_version=opset, dynamo=True,
+                                        verbose=False)
             program.save(str(path))
         return "dynamo"
     except Exception as error:  # exporter internals raise many types; report both failures in one line

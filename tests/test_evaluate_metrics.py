@@ -77,6 +77,7 @@ def test_ms_ssim_drops_monotonically_with_noise():
     assert mean_pairwise(matrix) == pytest.approx(matrix[np.triu_indices(4, 1)].mean())
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # MONAI passes scipy sqrtm a deprecated argument
 def test_frechet_distance_matches_monai_fid_metric():
     rng = np.random.default_rng(3)
     real = rng.normal(size=(60, 8))
@@ -158,6 +159,9 @@ def test_bootstrap_ci_needs_eight_and_covers_the_estimate():
     low, high = bootstrap_ci(lambda a, b: values[a].mean(), 20, 20, reps=200, seed=1)
     assert low < values.mean() < high
     assert bootstrap_ci(lambda a, b: values[a].mean(), 20, 20, seed=1) == [low, high]  # seeded
+    # A statistic that resampling inflates (here: +1 for every duplicated volume) is re-centred on the estimate.
+    inflated = bootstrap_ci(lambda a, b: len(a) - len(np.unique(a)), 20, 20, seed=1, estimate=0.0)
+    assert inflated[0] < 0.0 < inflated[1]
 
 
 def test_slice_differences_expose_a_stacking_artefact():

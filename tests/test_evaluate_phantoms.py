@@ -129,8 +129,39 @@ def test_bootstrap_intervals_and_real_copies_in_train(phantom_sets, tmp_path):
     shutil.copy(leaked, train / "leaked.nii.gz")
     settings = EvaluationSettings(size=SIZE, spacing=SPACING, bootstrap_reps=30)
     summary = evaluate_folders(phantom_sets["real"], phantom_sets["synth"], train, settings).summary
-    low, high = summary["fidelity"]["kid"]["ci95"]
-    assert low <= high
+    for key in ("frechet_distance", "kid"):  # re-centred intervals bracket the estimate
+        entry = summary["fidelity"][key]
+        assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
     assert summary["diversity"]["ms_ssim_synthetic"]["ci95"] is not None
     assert summary["memorization"]["real_excluded_as_training_copies"] == [f"images/{leaked.name}"]
     assert summary["memorization"]["flagged"] == []
+
+
+def test_preprocessed_manifest_input_is_harmonised_like_the_raw_scans(phantom_sets, tmp_path):
+    """A `meddiff preprocess` folder (model space, manifest.json) evaluated against its own raw scans ~ identical."""
+    from meddiff_cli.preprocess import PreprocessSettings, preprocess_cases
+
+    prep = tmp_path / "prep"
+    preprocess_cases([phantom_sets["real"]], prep, PreprocessSettings(modality="ct", spacing=SPACING, size=SIZE))
+    for source in (prep, prep / "manifest.json"):
+        summary = evaluate_folders(phantom_sets["real"], source, None, SETTINGS).summary
+        assert summary["inputs"]["synthetic"]["count"] == COUNT
+        assert summary["fidelity"]["frechet_distance"]["value"] < 1e-3 * summary["fidelity"]["frechet_distance"]["baseline_real_vs_real"]
+        assert summary["intensity"]["wasserstein"]["value"] < 1.0  # HU
+        assert summary["intensity"]["labels"]["lungs"]["relative_difference"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mri_phantoms_auto_modality_and_small_sets(tmp_path):
+    """MRI is recognised (no air in HU), intensities stay in model units, and 4 volumes give no CIs."""
+    from meddiff_cli.phantom.generate import FIELD_OF_VIEW_MM as FOV
+
+    for name, seed in (("real", 0), ("synth", 1000)):
+        write_phantom_corpus("mri", 4, tmp_path / name, size=SIZE, seed=seed)
+    settings = EvaluationSettings(size=SIZE, spacing=FOV["mri"] / SIZE, bootstrap_reps=50)
+    summary = evaluate_folders(tmp_path / "real", tmp_path / "synth", None, settings).summary
+    assert summary["harmonisation"]["modality"] == "mri"
+    assert summary["harmonisation"]["intensity"]["kind"] == "percentile"
+    assert summary["intensity"]["unit"].startswith("model units")
+    assert summary["fidelity"]["frechet_distance"]["ci95"] is None  # fewer than 8 volumes
+    assert summary["fidelity"]["frechet_distance"]["baseline_real_vs_real"] is not None  # 2 + 2 halves
+    assert set(summary["intensity"]["labels"]) == {"csf", "gm", "wm"}  # names from the phantom manifest

@@ -54,7 +54,7 @@ def test_fp32_graphs_match_torch_on_unseen_inputs(tiny_model):
     assert _relative_error(volume, expected) < 1e-3
 
 
-def test_fp16_export_is_within_fp16_tolerance(tiny_model):
+def test_fp16_export_is_within_fp16_tolerance(tiny_model, tmp_path):
     result = export_model(tiny_model, "fp16")
     assert set(result.files) == set(onnx_files("fp16"))
     assert all(1e-7 < error < 1e-2 for error in result.relative_error.values())  # fp16 is measurably not fp32
@@ -63,6 +63,18 @@ def test_fp16_export_is_within_fp16_tolerance(tiny_model):
     assert session.get_inputs()[1].type == "tensor(float)" and session.get_inputs()[2].type == "tensor(int64)"
     card = ModelCard.load(tiny_model)
     assert set(onnx_files("fp32")) <= set(card.files)  # earlier exports stay listed
+
+    # the fp16 graphs sample volumes close to the fp32 ones (same seeds), within a few HU
+    from meddiff_cli.sample import SampleOptions, sample_volumes
+
+    runs = {}
+    for precision in ("fp16", "fp32"):
+        out = tmp_path / precision
+        sample_volumes(SampleOptions(modality="ct", count=1, out=out, model="tiny", steps=3, file_format="npy",
+                                     device="cpu", precision=precision))
+        runs[precision] = np.load(out / "synth_ct_0000.npy")
+        assert json.loads((out / "manifest.json").read_text())["precision"] == precision
+    assert 0 < np.abs(runs["fp16"] - runs["fp32"]).max() < 20.0
 
 
 def test_untrained_denoiser_is_refused(tmp_path):

@@ -87,7 +87,7 @@ def test_nodules_option():
     without, labels_off = generate_phantom("ct", seed=5, size=32, nodules=False)
     assert with_nodules.metadata["nodule_count"] >= 1 and without.metadata["nodule_count"] == 0
     assert not (labels_off.array == CT["nodules"]).any()
-    hi_res, hi_labels = generate_phantom("ct", seed=1, size=64, nodules=True)
+    hi_res, hi_labels = generate_phantom("ct", seed=2, size=64, nodules=True)
     nodule = hi_labels.array == CT["nodules"]
     assert nodule.any() and np.max(hi_res.array[nodule]) > -150  # a solid centre in a -850 HU lung
     assert np.median(hi_res.array[nodule]) > np.median(hi_res.array[hi_labels.array == CT["lungs"]]) + 300

@@ -83,6 +83,19 @@ def test_seed_shard_and_batch_size_do_not_change_a_volume(tiny_model, tmp_path):
     assert np.abs(_arrays(tmp_path / "other_seed")[0] - whole[0]).mean() > 1.0
 
 
+def test_concurrent_shards_merge_into_one_manifest(tiny_model, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = tmp_path / "shared"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = [pool.submit(_sample, out, count=6, steps=2, batch_size=1, shard=(rank, 3)) for rank in range(3)]
+        summaries = [run.result() for run in runs]
+    assert sorted(e["index"] for s in summaries for e in s["files"]) == list(range(6))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and [e["index"] for e in manifest["files"]] == list(range(6))
+    assert not [p for p in out.iterdir() if p.name.startswith(".meddiff-tmp")]
+
+
 def test_nifti_geometry_units_manifest_and_preview(tiny_model, tmp_path):
     out = tmp_path / "ct"
     summary = _sample(out, count=2, file_format="nifti", preview=True)
@@ -172,6 +185,10 @@ def test_existing_outputs_are_never_overwritten_without_flag(tiny_model, tmp_pat
     code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "2", "--out", out, "--model", "tiny",
                                "--steps", "3", "--device", "cpu", "-q")
     assert code == 2 and "steps" in _flat(err)  # same folder, other settings: refused, not mixed
+    save_random_tiny_model(tiny_model, seed=1)  # retrained under the same name
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "3", "--out", out, "--model", "tiny",
+                               "--steps", "2", "--device", "cpu", "-q")
+    assert code == 2 and "model_sha256" in _flat(err) and not (out / "synth_ct_0002.nii.gz").exists()
 
 
 def test_tampered_weights_are_refused(tiny_model, tmp_path, run_meddiff):
@@ -210,6 +227,10 @@ def test_missing_model_and_wrong_modality_exit_6(tmp_path, run_meddiff):
     card.save(folder)
     with pytest.raises(ModelError, match="not 'mri'"):
         _sample(tmp_path / "o", model="ctonly", modality="mri")
+    card.latent["scale_factor"] = None  # autoencoder stage only: no denoiser to sample with
+    card.save(folder)
+    with pytest.raises(ModelError, match="no trained denoiser"):
+        _sample(tmp_path / "o", model="ctonly")
 
 
 def test_first_use_exports_onnx_and_json_summary_parses(tmp_path, run_meddiff):
@@ -231,3 +252,13 @@ def test_first_use_exports_onnx_and_json_summary_parses(tmp_path, run_meddiff):
 def test_bad_flags_exit_2(tmp_path, run_meddiff, tiny_model, flags, message):
     code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path, "--model", "tiny", *flags)
     assert code == 2 and message in _flat(err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, tolerance_hu", [("fp32", 0.5), ("fp16", 20.0)])
+def test_cuda_onnx_with_io_binding_matches_cpu_torch(tiny_model, tmp_path, precision, tolerance_hu):
+    gpu = _sample(tmp_path / "gpu", count=2, device="cuda", precision=precision)
+    assert gpu["provider"] == "CUDAExecutionProvider" and gpu["device"] == "cuda:0"
+    _sample(tmp_path / "cpu", count=2, backend="torch")
+    for index, array in _arrays(tmp_path / "cpu").items():
+        np.testing.assert_allclose(_arrays(tmp_path / "gpu")[index], array, atol=tolerance_hu)

@@ -123,7 +123,9 @@ def augment_seg_command(
         print_json(results)
     else:
         stdout = Console()
+        if not stdout.is_terminal:  # piped: keep "mean ± std" cells and result lines unwrapped
+            stdout = Console(width=200)
         stdout.print(results_table(results))
         for line in paired_lines(results):
-            stdout.print(line, highlight=False)
+            stdout.print(line, highlight=False, soft_wrap=True)
     info(f"wrote {out / RESULTS_NAME}, {out / PLOT_NAME} and {len(results['runs'])} models in {out / 'models'}", quiet)

@@ -42,13 +42,13 @@ def list_command(cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON
     info(f"cache: {models_dir(cache_dir)}", quiet)
     if not entries:
         info("no models (train one with `meddiff train` or `meddiff models import PATH`)", quiet)
-    for entry in entries:
+    for entry in entries:  # the listing itself is the command's output: stdout, one line per model
         if "error" in entry:
-            err_console.print(f"{entry['name']}: [red]{entry['error']}[/]", highlight=False)
+            typer.echo(f"{entry['name']}\tERROR {entry['error']}")
         else:
             shape = "x".join(str(s) for s in entry["volume_shape"] or [])
-            err_console.print(f"{entry['name']}: {entry['preset']}, {', '.join(entry['modalities'])}, {shape}, "
-                              f"{entry['size_bytes'] / 1e6:.1f} MB, onnx: {len(entry['onnx'])} graphs", highlight=False)
+            typer.echo(f"{entry['name']}\t{entry['preset']}\t{','.join(entry['modalities'])}\t{shape}\t"
+                       f"{entry['size_bytes'] / 1e6:.1f} MB\tonnx: {', '.join(entry['onnx']) or '-'}")
 
 
 @models_app.command("info", help="Show a model's card.", epilog="Example: meddiff models info default --json")
@@ -60,7 +60,7 @@ def info_command(name: str = typer.Argument(..., help="Model name or folder."), 
         print_json({**summary, "card": ModelCard.load(folder).to_dict()})
         return
     for key, value in summary.items():
-        info(f"{key}: {value}", quiet)
+        typer.echo(f"{key}: {value}")
 
 
 @models_app.command("verify", help="Check the sha256 of every file listed in the model card(s) (exit 6 on mismatch).",

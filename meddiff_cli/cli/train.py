@@ -35,6 +35,11 @@ class ProgressReporter(Reporter):
         status = " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" {rate:.2f} it/s"
         self.progress.update(self.tasks[stage], completed=step, status=status)
 
+    def validated(self, stage: str, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        """A log line per validation, so runs whose stderr is a file (clusters) still show progress."""
+        values = ", ".join(f"{k} {v}" for k, v in metrics.items())
+        info(f"{stage} step {step}/{total_steps}: {values}", self.quiet)
+
     def message(self, text: str) -> None:
         info(text, self.quiet)
 

@@ -80,21 +80,19 @@ class EvaluationResult:
     features: dict[str, np.ndarray] = field(default_factory=dict)  # standardised, per role
 
 
-def _with_ci(value: float, ci: list[float] | None, baseline: float | None = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"value": float(value), "ci95": ci}
-    if baseline is not None or ci is not None:
-        entry["baseline_real_vs_real"] = None if baseline is None else float(baseline)
-    return entry
-
-
 def _fidelity(real: np.ndarray, synth: np.ndarray, settings: EvaluationSettings) -> dict[str, Any]:
     """Fréchet distance, KID and precision/recall with bootstrap CIs and the REAL-halves baseline."""
     reps, seed = settings.bootstrap_reps, settings.seed
     fd = frechet_distance(real, synth)
     kid = kernel_inception_distance(real, synth)
     pr = precision_recall(real, synth, settings.k)
-    fd_ci = bootstrap_ci(lambda a, b: frechet_distance(real[a], synth[b]), len(real), len(synth), reps, seed)
-    kid_ci = bootstrap_ci(lambda a, b: kernel_inception_distance(real[a], synth[b]), len(real), len(synth), reps, seed)
+    n_real, n_synth = len(real), len(synth)
+    fd_ci = bootstrap_ci(lambda a, b: frechet_distance(real[a], synth[b]), n_real, n_synth, reps, seed, estimate=fd)
+    if fd_ci is not None:
+        fd_ci[0] = max(fd_ci[0], 0.0)  # a distance
+    kid_ci = bootstrap_ci(
+        lambda a, b: kernel_inception_distance(real[a], synth[b]), n_real, n_synth, reps, seed, estimate=kid
+    )
     baseline: dict[str, float | None] = {"fd": None, "kid": None, "precision": None, "recall": None}
     halves_n = None
     if len(real) >= 4:
@@ -108,8 +106,8 @@ def _fidelity(real: np.ndarray, synth: np.ndarray, settings: EvaluationSettings)
             "recall": half_pr["recall"],
         }
     return {
-        "frechet_distance": {**_with_ci(fd, fd_ci), "baseline_real_vs_real": baseline["fd"]},
-        "kid": {**_with_ci(kid, kid_ci), "baseline_real_vs_real": baseline["kid"]},
+        "frechet_distance": {"value": fd, "ci95": fd_ci, "baseline_real_vs_real": baseline["fd"]},
+        "kid": {"value": kid, "ci95": kid_ci, "baseline_real_vs_real": baseline["kid"]},
         "precision": {"value": pr["precision"], "ci95": None, "baseline_real_vs_real": baseline["precision"]},
         "recall": {"value": pr["recall"], "ci95": None, "baseline_real_vs_real": baseline["recall"]},
         "k": {"real": pr["k_real"], "synthetic": pr["k_synth"]},
@@ -124,8 +122,11 @@ def _diversity(real: VolumeSet, synth: VolumeSet, settings: EvaluationSettings, 
         if progress:
             progress(f"MS-SSIM {vset.role}", 0, 1)
         matrix = ms_ssim_matrix(vset.arrays, ms_settings)
-        ci = bootstrap_ci(lambda a, b: mean_pairwise(matrix, a), len(vset), len(vset), settings.bootstrap_reps, settings.seed)
-        out[key] = {"value": mean_pairwise(matrix), "ci95": ci, "pairs": len(vset) * (len(vset) - 1) // 2}
+        value = mean_pairwise(matrix)
+        ci = bootstrap_ci(
+            lambda a, b: mean_pairwise(matrix, a), len(vset), len(vset), settings.bootstrap_reps, settings.seed, estimate=value
+        )
+        out[key] = {"value": value, "ci95": ci, "pairs": len(vset) * (len(vset) - 1) // 2}
         if progress:
             progress(f"MS-SSIM {vset.role}", 1, 1)
     return out
@@ -135,13 +136,13 @@ def _slice_consistency(real: VolumeSet, synth: VolumeSet, settings: EvaluationSe
     axes = {}
     for axis, name in enumerate(AXES):
         r, s = real.slice_diffs[:, axis], synth.slice_diffs[:, axis]
-        ci = bootstrap_ci(lambda a, b: s[b].mean() / r[a].mean(), len(r), len(s), settings.bootstrap_reps, settings.seed)
-        axes[name] = {
-            "real": float(r.mean()),
-            "synthetic": float(s.mean()),
-            "ratio": float(s.mean() / r.mean()) if r.mean() > 0 else None,
-            "ratio_ci95": ci,
-        }
+        ratio = float(s.mean() / r.mean()) if r.mean() > 0 else None
+        ci = None
+        if ratio is not None:
+            ci = bootstrap_ci(
+                lambda a, b: s[b].mean() / r[a].mean(), len(r), len(s), settings.bootstrap_reps, settings.seed, estimate=ratio
+            )
+        axes[name] = {"real": float(r.mean()), "synthetic": float(s.mean()), "ratio": ratio, "ratio_ci95": ci}
     return {"unit": "model units ([-1, 1] scale) per slice step", "axes": axes}
 
 
@@ -160,7 +161,10 @@ def _intensity(real: VolumeSet, synth: VolumeSet, pp: PreprocessSettings, settin
         return wasserstein_histograms(a.sum(axis=0), b.sum(axis=0), width)
 
     rh, sh = real.histograms, synth.histograms
-    ci = bootstrap_ci(lambda a, b: w1(rh[a], sh[b]), len(rh), len(sh), settings.bootstrap_reps, settings.seed)
+    distance = w1(rh, sh)
+    ci = bootstrap_ci(lambda a, b: w1(rh[a], sh[b]), len(rh), len(sh), settings.bootstrap_reps, settings.seed, estimate=distance)
+    if ci is not None:
+        ci[0] = max(ci[0], 0.0)
     baseline = None
     if len(rh) >= 4:
         first, second = random_halves(len(rh), settings.seed)
@@ -172,7 +176,7 @@ def _intensity(real: VolumeSet, synth: VolumeSet, pp: PreprocessSettings, settin
 
     return {
         "unit": unit,
-        "wasserstein": {"value": w1(rh, sh), "ci95": ci, "baseline_real_vs_real": baseline},
+        "wasserstein": {"value": distance, "ci95": ci, "baseline_real_vs_real": baseline},
         "mean": {"real": mean_value(rh), "synthetic": mean_value(sh)},
         "bin_centres": [float(c) for c in centres],
         "histogram_real": [float(v) for v in rh.sum(axis=0) / rh.sum()],
@@ -275,7 +279,13 @@ def evaluate_folders(
         "slice_consistency": _slice_consistency(real_set, synth_set, settings),
         "intensity": _intensity(real_set, synth_set, pp, settings),
         "memorization": None,
-        "bootstrap": {"reps": settings.bootstrap_reps, "seed": settings.seed, "min_n": 8, "resampled": "volumes"},
+        "bootstrap": {
+            "reps": settings.bootstrap_reps,
+            "seed": settings.seed,
+            "min_n": 8,
+            "resampled": "volumes",
+            "method": "percentile interval re-centred on the estimate (bootstrap bias removed)",
+        },
     }
     if train_set is not None:
         summary["memorization"] = memorization_check(

@@ -205,6 +205,8 @@ def load_set(
     """Read and harmonise every volume (in ``workers`` processes), in a stable order."""
     label_names = _label_names(Path(root))
     results: list[_Loaded | None] = [None] * len(refs)
+    if progress:
+        progress(f"loading {role}", 0, len(refs))
     if workers > 1 and len(refs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_load_one, ref, settings, want_radiomics, label_names) for ref in refs]

@@ -177,7 +177,8 @@ def memorization_plots(result: EvaluationResult) -> tuple[Image.Image, Image.Ima
         y = row * (tile + 24) + 5
         name = result.synth.names[pair["synthetic_index"]]
         colour = FLAG_COLOUR if name in flagged else "black"
-        draw.text((5, y), f"NCC {pair['score']:.4f}{'  FLAGGED' if name in flagged else ''}", fill=colour, font=font)
+        caption = f"NCC {pair['score']:.4f}  SYNTH | TRAIN{'  FLAGGED' if name in flagged else ''}"
+        draw.text((5, y), caption, fill=colour, font=font)
         canvas.paste(_tile(_views(result.synth.arrays[pair["synthetic_index"]])[0], tile), (5, y + 18))
         canvas.paste(_tile(_views(result.train.arrays[pair["train_index"]])[0], tile), (15 + tile, y + 18))
     real_values = np.asarray(memo["real_nearest_ncc_values"])

@@ -47,6 +47,7 @@ class ChestSubject:
     z_dome_right: float  # diaphragm dome tops (breathing state + right dome higher)
     z_dome_left: float
     dome_depth: float
+    inspiration: float  # breathing state: 0 = expiration, 1 = deep inspiration
     lung_hu: float
     w_med: float  # mediastinum half-width
     heart_centre: np.ndarray
@@ -79,7 +80,7 @@ class ChestSubject:
 
     def scale(self, z):
         """Outline scale along z: the neck narrows above the thoracic inlet, the abdomen widens a little."""
-        neck = smoothstep((z - (self.z_apex + 15.0)) / 60.0)
+        neck = smoothstep((z - (self.z_apex + 35.0)) / 50.0)
         belly = smoothstep((self.z_dome_left - 40.0 - z) / 120.0)
         return 1.0 - 0.42 * neck + 0.04 * belly
 
@@ -89,7 +90,8 @@ class ChestSubject:
     def muscle_thickness(self, theta):
         paraspinal = 30.0 * np.exp(-(((theta + np.pi / 2) / 0.42) ** 2))
         pectoral = 9.0 * (np.exp(-(((theta - 0.95) / 0.35) ** 2)) + np.exp(-(((theta - 2.2) / 0.35) ** 2)))
-        return self.muscle + paraspinal + pectoral
+        scapular = 9.0 * np.exp(-(((np.abs(theta + np.pi / 2) - 0.8) / 0.35) ** 2))
+        return self.muscle + paraspinal + pectoral + scapular
 
     def wall_thickness(self, theta):
         """Skin + fat + muscle + the rib/intercostal layer: the depth of the thoracic cavity."""
@@ -144,6 +146,19 @@ class ChestSubject:
     def mediastinum_halfwidth(self, z):
         return self.w_med + 14.0 * np.exp(-(((z - (self.z_carina + 20.0)) / 40.0) ** 2))
 
+    def scapula_sdf(self, x, y, z, body, theta):
+        """Shoulder blades: thin triangular plates in the posterolateral chest wall, outside the ribs."""
+        side = np.where(x > 0, 1.0, -1.0)
+        top, height = self.z_apex + 20.0, 150.0
+        down = np.clip((top - z) / height, 0.0, 1.0)
+        half_angle = 0.38 * (1.0 - 0.75 * down)
+        centre_angle = -np.pi / 2 + side * (0.8 + 0.1 * down)
+        radius = self.scale(z) * self.outline_radius(theta)
+        across = (np.abs(theta - centre_angle) - half_angle) * radius
+        depth = 2.0 + self.fat_thickness(theta) + 6.0
+        plate = np.abs(-body - depth) - 2.5
+        return np.maximum(np.maximum(plate, across), np.maximum(z - top, (top - height) - z))
+
     def lung_sdf(self, x, y, z, heart=None):
         """``heart`` may pass a precomputed heart distance (the renderer's, bounding-box limited)."""
         body, theta = self.body_sdf(x, y, z)
@@ -178,6 +193,7 @@ def chest_subject(rng: np.random.Generator, tree_rng: np.random.Generator, nodul
         z_dome_right=dome_right,
         z_dome_left=dome_left,
         dome_depth=rng.uniform(55.0, 80.0),
+        inspiration=inspiration,
         lung_hu=-835.0 - 45.0 * inspiration + rng.normal(0, 8),
         w_med=rng.uniform(10.0, 16.0),
         heart_centre=np.zeros(3),
@@ -259,14 +275,20 @@ def _add_tubes(s: ChestSubject, rng: np.random.Generator, spacing: float) -> Non
     min_r = max(0.4, 0.22 * spacing)
     lobar = [(0.3, 0.05, 1.0), (0.8, 0.5, 0.5), (1.0, 0.25, -0.1), (0.35, -0.6, -1.0), (0.3, 0.7, -0.8), (0.7, -0.4, -0.4),
              (0.6, -0.7, 0.6), (0.5, 0.0, -1.0), (0.2, -0.9, -0.6)]  # lobar/segmental directions from the hilum
-    vessels: list[tuple] = []
+    roots, directions, radii, centres, airway_roots, airway_dirs, airway_centres = [], [], [], [], [], [], []
     for side in (1, -1):
         for d in lobar:
             direction = np.array([side * d[0], d[1], d[2]])
             for offset in ((0.0, 0.0, 0.0), (0.0, 8.0, -14.0)):  # arteries and veins
-                start = hila[side] + np.array(offset) + np.array([side * 4.0, 0.0, 0.0])
-                vessels += branching_tree(rng, start, direction + rng.normal(0, 0.12, 3), rng.uniform(4.0, 5.5), 26.0, inside_lung, min_r, hila[side])
-            airway += branching_tree(rng, bronchi_ends[side], direction, 4.0, 18.0, inside_lung, 1.4, hila[side], max_segments=30)
+                roots.append(hila[side] + np.array(offset) + np.array([side * 4.0, 0.0, 0.0]))
+                directions.append(direction + rng.normal(0, 0.12, 3))
+                radii.append(rng.uniform(4.0, 5.5))
+                centres.append(hila[side])
+            airway_roots.append(bronchi_ends[side])
+            airway_dirs.append(direction)
+            airway_centres.append(hila[side])
+    vessels = branching_tree(rng, np.array(roots), np.array(directions), np.array(radii), 26.0, inside_lung, min_r, np.array(centres))
+    airway += branching_tree(rng, np.array(airway_roots), np.array(airway_dirs), 4.0, 18.0, inside_lung, 1.4, np.array(airway_centres), max_segments=600)
     s.tubes["vessels"] = Tubes.from_lists(vessels)
     s.tubes["airways"] = Tubes.from_lists(airway)
     # ribs: from the transverse process around the chest wall, sloping down to the costal cartilage
@@ -290,6 +312,11 @@ def _add_tubes(s: ChestSubject, rng: np.random.Generator, spacing: float) -> Non
                 target = np.array([side * 14.0, s.front_y(end[2]) - 2.0 - s.fat_thickness(np.pi / 2) - 9.0, end[2] - 12.0])
                 cartilage += Tubes.polyline(np.array([end, (end + target) / 2 + [0, 4, 0], target]), r_rib * 0.95)
         z_level -= s.vertebra_pitch
+    for side in (1, -1):  # clavicles: from the manubrium out and back to the shoulders
+        inner = (side * 16.0, s.front_y(s.z_apex) - 2.0 - s.fat_thickness(np.pi / 2) - 8.0, s.z_apex - 18.0)
+        outer = (side * 0.68 * s.a, s.yc + 0.2 * s.b, s.z_apex + 8.0)
+        middle = (side * 0.4 * s.a, inner[1] - 2.0, s.z_apex - 2.0)
+        ribs += Tubes.polyline(_smooth_path([inner, middle, outer], 10), 6.0)
     s.tubes["ribs"] = Tubes.from_lists(ribs)
     s.tubes["cartilage"] = Tubes.from_lists(cartilage)
 
@@ -320,15 +347,20 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
         if label is not None:
             labels[occ >= 0.5] = label
 
+    # scalar tissue values first, so they do not depend on the grid size (the texture draw does)
+    value = {name: rng.uniform(lo, hi) for name, (lo, hi) in {
+        "table_skin": (250, 450), "table_core": (-950, -850), "table_rail": (150, 300), "liver": (50, 65),
+        "stomach": (10, 30), "spleen": (40, 50), "kidney": (30, 40), "pericardial_fat": (3.0, 8.0), "disc": (5.0, 8.0),
+        "cartilage": (100, 160)}.items()}
+    texture = smooth_field(rng, shape, 3.0 / width)
     # patient table: a curved carbon-fibre plate (dense skins, foam core) under the back
     top = s.table_top + s.table_curve * (x / 200.0) ** 2
     within = soft(np.abs(x) - s.table_halfwidth, width)
-    paint(within * soft(np.maximum(top - 32.0 - y, y - top), width), rng.uniform(250, 450))
-    paint(within * soft(np.maximum(top - 30.0 - y, y - (top - 2.0)), width), rng.uniform(-950, -850))
-    paint(within * soft(np.maximum(top - 12.0 - y, y - (top - 14.0)), width), rng.uniform(150, 300))  # rail line
+    paint(within * soft(np.maximum(top - 32.0 - y, y - top), width), value["table_skin"])
+    paint(within * soft(np.maximum(top - 30.0 - y, y - (top - 2.0)), width), value["table_core"])
+    paint(within * soft(np.maximum(top - 12.0 - y, y - (top - 14.0)), width), value["table_rail"])  # rail line
 
     body, theta = s.body_sdf(x, y, z)
-    texture = smooth_field(rng, shape, 3.0 / width)
     paint(soft(body, width), 35.0)  # skin
     paint(soft(body + 2.0, width), s.fat_hu)
     depth_muscle = 2.0 + s.fat_thickness(theta)
@@ -340,22 +372,22 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     below = soft(np.maximum(cavity + 4.0, z - (dia - 4.0)), width)
     paint(below, 30.0 - 110.0 * smoothstep(texture * 0.8))
     liver = np.maximum(np.maximum(cavity + 6.0, z - (dia - 5.0)), np.maximum(-30.0 + 0.25 * (s.z_dome_right - z) - x, (s.z_dome_right - 190.0) - z))
-    paint(soft(liver, width), rng.uniform(50, 65) + 3 * texture)
+    paint(soft(liver, width), value["liver"] + 3 * texture)
     stomach_c = (-0.45 * s.a, s.yc + 0.1 * s.b, s.z_dome_left - 45.0)
     stomach = ellipsoid_on_grid(grid, stomach_c, (38.0, 42.0, 40.0))
-    paint(soft(np.maximum(stomach, cavity + 8.0), width), rng.uniform(10, 30))
+    paint(soft(np.maximum(stomach, cavity + 8.0), width), value["stomach"])
     paint(soft(np.maximum(np.maximum(stomach + 3.0, stomach_c[2] + 12.0 - z), cavity + 8.0), width), AIR_HU + 10)
     spleen = ellipsoid_on_grid(grid, (-0.62 * s.a, s.yc - 0.45 * s.b, s.z_dome_left - 55.0), (22.0, 45.0, 48.0), rotation(0.5))
-    paint(soft(np.maximum(spleen, cavity + 3.0), width), rng.uniform(40, 50))
+    paint(soft(np.maximum(spleen, cavity + 3.0), width), value["spleen"])
     for side in (1, -1):
         kidney = ellipsoid_on_grid(grid, (side * 62.0, s.vb_y(s.z_dome_left - 150.0) - 5.0, s.z_dome_left - 150.0), (28.0, 22.0, 55.0), rotation(side * 0.4))
-        paint(soft(kidney, width), rng.uniform(30, 40))
+        paint(soft(kidney, width), value["kidney"])
     # lungs with an anterior-posterior density gradient (dependent lung is denser)
     heart = ellipsoid_on_grid(grid, s.heart_centre, s.heart_axes, s.heart_rot)
     lung = s.lung_sdf(x, y, z, heart)
     paint(soft(lung, width), s.lung_hu + 45.0 * (s.yc - y) / s.b + 12.0 * texture, CT_LABELS["lungs"])
     # heart in its pericardial fat, slightly denser myocardium around the blood pool
-    paint(soft(heart - rng.uniform(3.0, 8.0), width), s.fat_hu, 0)
+    paint(soft(heart - value["pericardial_fat"], width), s.fat_hu, 0)
     paint(soft(heart, width), s.soft_hu + 8.0, CT_LABELS["heart"])
     paint(soft(ellipsoid_on_grid(grid, s.heart_centre, [v * 0.72 for v in s.heart_axes], s.heart_rot), width), s.soft_hu - 5.0)
     # tubes: vessels in the lungs stay "lung"; great vessels, oesophagus and airways clear the lung label
@@ -372,8 +404,7 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     rx, ry = s.vb_axes
     vb2d = ellipsoid_sdf(x, y - vb_y, 0.0, (0.0, 0.0, 0.0), (rx, ry, 1e6))
     period = ((z - s.vertebra_phase) % s.vertebra_pitch) - s.vertebra_pitch / 2
-    disc = rng.uniform(5.0, 8.0)
-    level_sdf = np.abs(period) - (s.vertebra_pitch - disc) / 2
+    level_sdf = np.abs(period) - (s.vertebra_pitch - value["disc"]) / 2
     paint(soft(vb2d, width), 80.0)  # the disc column; vertebral bodies are painted over it
     rc = s.canal_radius
     ring = np.abs(np.hypot(x, y - canal_y) - (rc + 3.0)) - 3.0
@@ -385,10 +416,10 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     sternum_y = s.front_y(z) - 2.0 - s.fat_thickness(np.pi / 2) - 7.0
     sternum_bottom = s.heart_centre[2] - 0.6 * s.heart_axes[2]
     sternum = np.maximum(np.maximum(np.abs(x) - 16.0, np.abs(y - sternum_y) - 6.0), np.maximum(z - (s.z_apex - 25.0), sternum_bottom - z))
-    bone = np.minimum(vertebra, sternum)
+    bone = np.minimum(np.minimum(vertebra, sternum), s.scapula_sdf(x, y, z, body, theta))
     cortical = s.tubes["ribs"].paint(grid, width, offsets=(0.0, -1.4))
     (cartilage,) = s.tubes["cartilage"].paint(grid, width)
-    paint(cartilage, rng.uniform(100, 160))
+    paint(cartilage, value["cartilage"])
     bone_occ = np.maximum(soft(bone, width), cortical[0])
     paint(bone_occ, s.cortical_hu, CT_LABELS["bone"])
     paint(np.maximum(soft(bone + 1.6, width), cortical[1]), s.cancellous_hu)

@@ -71,7 +71,7 @@ def generate_phantom(
         image, labels = ct.render_chest(subject, axes, width, texture_rng)
         image, labels = block_mean(image, factor), block_labels(labels, factor, max(ct.CT_LABELS.values()))
         image = ct.finish_ct(image, subject, noise_rng)
-        extra = {"breathing_lung_hu": round(float(subject.lung_hu), 1), "nodule_count": len(subject.nodules)}
+        extra = {"inspiration": round(float(subject.inspiration), 3), "nodule_count": len(subject.nodules)}
     else:
         subject = mri.brain_subject(anatomy_rng, contrast)
         image, labels = mri.render_brain(subject, axes, width, texture_rng)

@@ -109,7 +109,7 @@ def _add_tubes(s: BrainSubject) -> None:
     for side in (1, -1):
         main = np.array([(3, 30, 4), (5, 14, 9), (6, -6, 10), (10, -26, 6), (13, -40, -2)], float)
         main[:, 0] = side * (main[:, 0] * (0.8 + 0.2 * k) + 1.5)
-        ventricles += Tubes.polyline(main + c, np.array([6.0, 6.5, 5.0, 6.5, 3.5]) * k**0.8)
+        ventricles += Tubes.polyline(main + c, np.array([5.0, 5.0, 4.0, 5.5, 3.0]) * k**0.8)
         temporal = np.array([(10, -26, 6), (20, -22, -6), (25, -8, -18), (26, 6, -24)], float)
         temporal[:, 0] *= side
         ventricles += Tubes.polyline(temporal + c, np.array([5.5, 3.5, 2.5, 2.0]) * k**0.8)

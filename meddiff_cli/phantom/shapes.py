@@ -137,14 +137,17 @@ def branching_tree(
     rng: np.random.Generator,
     start: np.ndarray,
     direction: np.ndarray,
-    radius: float,
+    radius: np.ndarray | float,
     length: float,
     inside,
     min_radius: float,
     centre: np.ndarray,
-    max_segments: int = 6000,
+    max_segments: int = 8000,
 ) -> list[tuple]:
-    """A bifurcating tube tree (vessels, airways) grown generation by generation inside an organ.
+    """Bifurcating tube trees (vessels, airways) grown generation by generation inside an organ.
+
+    One tree per row of ``start``/``direction``/``radius``/``centre`` (or a single tree); all trees
+    grow together so each generation costs one vectorised ``inside`` query.
 
     ``inside(x, y, z, radius)`` (arrays) says which segment tips fit the organ; a tip that does not
     is retried shorter and bent, then dropped. Each branch point continues with a main child
@@ -152,10 +155,11 @@ def branching_tree(
     ``centre`` so the tree fans out from the hilum and fills the organ, thinning distally.
     """
     segments: list[tuple] = []
-    p0 = np.asarray(start, float)[None, :]
-    d = _unit(np.asarray(direction, float))[None, :]
-    r = np.array([radius], float)
-    ell = np.array([length], float)
+    p0 = np.atleast_2d(np.asarray(start, float))
+    d = _unit(np.atleast_2d(np.asarray(direction, float)))
+    r = np.broadcast_to(np.asarray(radius, float), (len(p0),)).copy()
+    ell = np.full(len(p0), float(length))
+    centre = np.broadcast_to(np.asarray(centre, float), p0.shape).copy()
     while len(r) and len(segments) < max_segments:
         ends = np.full_like(p0, np.nan)
         for attempt, shrink in enumerate((1.0, 0.65, 0.4)):
@@ -168,7 +172,7 @@ def branching_tree(
             rows = np.flatnonzero(todo)[ok]
             ends[rows], d[rows] = tips[ok], trial_d[ok]
         keep = ~np.isnan(ends[:, 0])
-        p0, ends, d, r = p0[keep], ends[keep], d[keep], r[keep]
+        p0, ends, d, r, centre = p0[keep], ends[keep], d[keep], r[keep], centre[keep]
         segments += [(a, b, float(rad), float(rad) * 0.93) for a, b, rad in zip(p0, ends, r)]
         n = len(r)
         if n == 0:
@@ -178,13 +182,14 @@ def branching_tree(
         main_r, side_r = r * rng.uniform(0.78, 0.9, n), r * rng.uniform(0.5, 0.72, n)
         main_d = _rotate(d, axis, np.radians(rng.uniform(5, 25, n)))
         side_d = _rotate(d, axis, -np.radians(rng.uniform(35, 70, n)))
-        child_p, child_d, child_r = [], [], []
+        child_p, child_d, child_r, child_c = [], [], [], []
         for cr, cd, lean in ((main_r, main_d, 0.15), (side_r, side_d, 0.3)):
             grow = cr >= min_radius
             child_p.append(ends[grow])
             child_d.append(_unit(cd[grow] + lean * outward[grow]))
             child_r.append(cr[grow])
-        p0, d, r = np.vstack(child_p), np.vstack(child_d), np.concatenate(child_r)
+            child_c.append(centre[grow])
+        p0, d, r, centre = np.vstack(child_p), np.vstack(child_d), np.concatenate(child_r), np.vstack(child_c)
         ell = np.clip(r * rng.uniform(4.5, 7.5, len(r)), 3.0, 30.0)
     return segments[:max_segments]
 

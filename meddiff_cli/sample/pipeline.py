@@ -8,12 +8,13 @@ CPU, so neither ``--batch-size`` nor ``--shard`` nor the device changes which vo
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from monai.networks.schedulers import RFlowScheduler
 
 from meddiff_cli import __version__
 from meddiff_cli.errors import ModelError, UsageError
-from meddiff_cli.export import check_precision, ensure_onnx, onnx_files
+from meddiff_cli.export import check_precision, ensure_onnx, latent_scale, onnx_files
 from meddiff_cli.fsutil import TMP_PREFIX, atomic_write_json, remove_stale_temps
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.model.card import ModelCard
@@ -34,6 +35,7 @@ from meddiff_cli.sample.backends import OnnxBackend, TorchBackend, cpu_threads, 
 from meddiff_cli.sample.writers import (
     centred_ras_affine, check_format, output_name, output_sha256, to_physical, write_output,
 )
+from meddiff_cli.train.previews import save_preview
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "meddiff-synthetic"
@@ -44,7 +46,7 @@ DEFAULT_STEPS = 20
 PREVIEW_DIR = "previews"
 WRITER_THREADS = 4
 # Settings that change the voxels: a manifest written with other values describes other volumes.
-RUN_KEY_FIELDS = ("modality", "seed", "steps", "sampler", "backend", "precision", "file_format")
+RUN_KEY_FIELDS = ("model_sha256", "modality", "seed", "steps", "sampler", "backend", "precision", "file_format")
 
 
 @dataclass
@@ -162,7 +164,7 @@ def sample_latents(backend, scheduler: RFlowScheduler, noise: torch.Tensor, clas
     """Integrate the learned velocity from noise (t = T) to data (t = 0) with MONAI's RFlowScheduler.
 
     ``euler`` is ``RFlowScheduler.step``; ``heun`` adds a corrector evaluation at the next timestep (2 network
-    calls per step, none on the final step to t = 0 where the velocity field is least reliable).
+    calls per step; the final step to t = 0 stays Euler, as in EDM's Heun sampler).
     """
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown --sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -196,7 +198,7 @@ def make_backend(options: SampleOptions, folder: Path, card: ModelCard):
         return OnnxBackend(paths[0], paths[1], options.device, options.precision), exported, card
     if options.backend == "torch":
         card, autoencoder, unet = load_model(folder)
-        backend = TorchBackend(autoencoder, unet, card.latent.get("scale_factor", 1.0), options.device,
+        backend = TorchBackend(autoencoder, unet, latent_scale(card), options.device,
                                options.precision, compile=options.compile)
         return backend, False, card
     raise UsageError(f"unknown --backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -210,10 +212,11 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     progress = progress or SampleProgress()
     _check_options(options)
     shard = options.shard or torchrun_shard() or (0, 1)
-    options.device = torchrun_device(options.device)
+    options = replace(options, device=torchrun_device(options.device))
     folder = resolve_model(options.model, options.cache_dir)
     card = ModelCard.load(folder)
     class_id = card.class_id(options.modality)
+    latent_scale(card)  # an autoencoder-only model fails here, before any output is planned
     mapping = card.intensity.get(options.modality)
     if mapping is None:
         raise ModelError(f"model card has no intensity mapping for {options.modality!r}", folder)
@@ -222,7 +225,7 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
 
     used_files = _files_used(options)
     run = {
-        "modality": options.modality, "seed": options.seed, "steps": options.steps, "sampler": options.sampler,
+        "model_sha256": model_identity(card, used_files), "modality": options.modality, "seed": options.seed, "steps": options.steps, "sampler": options.sampler,
         "backend": options.backend, "precision": options.precision, "file_format": options.file_format,
     }
     mine = [i for i in range(options.count) if i % shard[1] == shard[0]]
@@ -295,6 +298,19 @@ def _collect(in_flight: list[Future], result: SampleResult, progress: SampleProg
         progress.volume(entry)
 
 
+def model_identity(card: ModelCard, used_files: tuple[str, ...]) -> str:
+    """One sha256 naming the trained weights (or, for an ONNX-only folder, the graphs that run).
+
+    A retrained model under the same name gets another identity, so its volumes never mix with older ones.
+    """
+    weights = [name for name in (AUTOENCODER_FILE, DENOISER_FILE) if name in card.files]
+    names = weights or [name for name in used_files if name in card.files]
+    if not names:
+        raise ModelError(f"model card lists none of {', '.join(used_files)}; nothing to sample with")
+    text = "".join(f"{name}\0{card.files[name]}\n" for name in sorted(names))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _check_options(options: SampleOptions) -> None:
     if options.count < 1:
         raise UsageError(f"--count must be at least 1, got {options.count}")
@@ -338,9 +354,14 @@ def _load_manifest(out: Path, run: dict[str, Any], overwrite: bool) -> dict[str,
     if different:
         if overwrite:
             return fresh
-        names = ", ".join(f"{k} {manifest.get(k)!r}→{run[k]!r}" for k in different)
+        names = ", ".join(f"{k} {_short(manifest.get(k))}→{_short(run[k])}" for k in different)
         raise UsageError(f"output folder holds a run with other settings ({names}); use another --out or --overwrite", path)
     return manifest
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text[:13] + "…'" if len(text) > 16 else text
 
 
 def _plan(out: Path, manifest: dict[str, Any], mine: list[int], options: SampleOptions):
@@ -393,8 +414,6 @@ def _write_one(out: Path, staging: Path, volume: Volume, model_space: np.ndarray
         elif staged.exists():
             staged.unlink()
     if options.preview:
-        from meddiff_cli.train.previews import save_preview
-
         stem = name.split(".")[0]
         save_preview([[model_space]], out / PREVIEW_DIR / f"{stem}.png")
     return entry

@@ -32,11 +32,15 @@ class CasePair:
 
 @dataclass
 class LabelledSet:
-    """Harmonised cases, stacked: images float32 [N, X, Y, Z] in [-1, 1]; labels int64 class indices or None."""
+    """Harmonised cases, stacked: images float32 [N, X, Y, Z] in [-1, 1] and label maps [N, X, Y, Z] or None.
+
+    ``labels`` holds label-map values (uint8) as harmonised, or class indices after :func:`as_class_indices`.
+    """
 
     images: np.ndarray
     labels: np.ndarray | None
     spacing: tuple[float, float, float]
+    label_paths: list[Path] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -58,12 +62,15 @@ class ClassMap:
         """Foreground classes (the network predicts n_classes + 1 channels)."""
         return len(self.values)
 
-    def to_indices(self, label: np.ndarray, path: Path) -> np.ndarray:
-        indices = self.lookup[label.astype(np.int64)]
-        if np.any(indices < 0):
-            unknown = sorted(set(np.unique(label[indices < 0]).astype(int).tolist()))
+    def unknown_values(self, label: np.ndarray) -> list[int]:
+        return sorted(int(v) for v in np.unique(label) if self.lookup[int(v)] < 0)
+
+    def to_indices(self, label: np.ndarray, path: Path, unknown_as_background: bool = False) -> np.ndarray:
+        """Class indices; values the real label maps never use are an error, or background if allowed."""
+        unknown = self.unknown_values(label)
+        if unknown and not unknown_as_background:
             raise BadInputError(f"label values {unknown} do not occur in the training/test label maps", path)
-        return indices
+        return np.maximum(self.lookup[label.astype(np.int64)], 0)
 
     def to_json(self) -> list[dict[str, object]]:
         return [{"index": i, "value": v, "name": n} for i, (v, n) in enumerate(zip(self.values, self.names), start=1)]
@@ -159,22 +166,30 @@ def read_pair(pair: CasePair, modality: str) -> tuple[Volume, Volume | None]:
 def harmonise_pairs(
     raw: list[tuple[CasePair, Volume, Volume | None]],
     settings: PreprocessSettings,
-    classes: ClassMap | None,
+    with_labels: bool = True,
 ) -> LabelledSet:
-    """Harmonise every image (and its label map, nearest neighbour) onto the settings' grid."""
-    images, labels = [], []
+    """Harmonise every image (and, ``with_labels``, its label map by nearest neighbour) onto the settings' grid."""
+    images, labels, label_paths = [], [], []
     for pair, image, label in raw:
-        harmonised = harmonise_volume(image, settings)
-        images.append(harmonised.array.astype(np.float32))
-        if label is not None and classes is not None:
-            try:
-                label_grid = harmonise_label(label, image, settings)
+        images.append(harmonise_volume(image, settings).array.astype(np.float32))
+        if with_labels and label is not None and pair.label is not None:
+            try:  # also checks that the label map holds integers 0..255 and matches the image's geometry
+                labels.append(harmonise_label(label, image, settings).array)
             except BadInputError as error:
                 raise BadInputError(error.message, pair.label.path) from None
-            labels.append(classes.to_indices(label_grid.array, pair.label.path))
+            label_paths.append(pair.label.path)
     spacing = tuple(float(s) for s in settings.resolved(raw[0][1].modality).spacing)
     stacked_labels = np.stack(labels) if labels and len(labels) == len(images) else None
-    return LabelledSet(np.stack(images), stacked_labels, spacing)  # type: ignore[arg-type]
+    return LabelledSet(np.stack(images), stacked_labels, spacing, label_paths)  # type: ignore[arg-type]
+
+
+def as_class_indices(data: LabelledSet, classes: ClassMap, unknown_as_background: bool = False) -> LabelledSet:
+    """Label-map values -> class indices 0..C; a value outside the class map names its file (or is background)."""
+    if data.labels is None:
+        return data
+    indices = np.stack([classes.to_indices(values, path, unknown_as_background)
+                        for values, path in zip(data.labels, data.label_paths)])
+    return LabelledSet(data.images, indices, data.spacing, data.label_paths)
 
 
 def fraction_split(n_cases: int, fraction: float) -> tuple[list[int], list[int]]:

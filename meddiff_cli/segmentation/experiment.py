@@ -30,6 +30,7 @@ from meddiff_cli.segmentation.data import (
     CasePair,
     ClassMap,
     LabelledSet,
+    as_class_indices,
     class_map_from,
     fit_spacing,
     fraction_split,
@@ -159,15 +160,24 @@ def prepare_data(settings: ExperimentSettings, progress: ProgressCallback | None
     modality = _resolve_modality(settings.modality, manifest_modality, pool_raw[0][1])
     for _pair, image, _label in pool_raw + test_raw + synthetic_raw:
         image.modality = modality
-    classes = class_map_from([label.array for _p, _i, label in pool_raw + test_raw if label is not None], names)
     spacing = ((settings.spacing,) * 3 if settings.spacing
                else fit_spacing([image for _p, image, _l in pool_raw + test_raw], settings.size))
     preprocess = PreprocessSettings(modality=modality, spacing=spacing, size=(settings.size,) * 3)
-    say(f"harmonising to {settings.size}^3 at {spacing[0]:.2f} mm ({modality}); classes: "
-        + ", ".join(f"{v}={n}" for v, n in zip(classes.values, classes.names)))
-    pool = harmonise_pairs(pool_raw, preprocess, classes)
-    test = harmonise_pairs(test_raw, preprocess, classes)
-    synthetic = harmonise_pairs(synthetic_raw, preprocess, classes if settings.arm_c else None)
+    say(f"harmonising to {settings.size}^3 at {spacing[0]:.2f} mm ({modality})")
+    pool = harmonise_pairs(pool_raw, preprocess)
+    test = harmonise_pairs(test_raw, preprocess)
+    synthetic = harmonise_pairs(synthetic_raw, preprocess, with_labels=settings.arm_c)
+    classes = class_map_from(list(pool.labels) + list(test.labels), names)
+    say("classes: " + ", ".join(f"{v}={n}" for v, n in zip(classes.values, classes.names)))
+    pool, test = as_class_indices(pool, classes), as_class_indices(test, classes)
+    if synthetic.labels is not None:
+        # Synthetic labels may carry classes the real maps never show (e.g. phantom nodules that vanish at a
+        # coarse grid): the real annotation protocol calls those voxels background, so arm C does too.
+        ignored = sorted({v for values in synthetic.labels for v in classes.unknown_values(values)})
+        split["synthetic_label_values_as_background"] = ignored
+        if ignored:
+            say(f"synthetic label values {ignored} are not used in the real label maps: treated as background")
+        synthetic = as_class_indices(synthetic, classes, unknown_as_background=True)
     return PreparedData(pool, test, synthetic, classes, preprocess, split)
 
 

@@ -18,7 +18,7 @@ def plot_dice_vs_k(series: dict[str, dict[int, tuple[float, float]]], path: Path
     font = ImageFont.load_default()
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 70, width - 20, 40, height - 100
+    left, right, top, bottom = 70, width - 20, 56, height - 100
     ks = sorted({k for points in series.values() for k in points})
     lows = [m - (s or 0.0) for points in series.values() for m, s in points.values()]
     highs = [m + (s or 0.0) for points in series.values() for m, s in points.values()]
@@ -33,7 +33,7 @@ def plot_dice_vs_k(series: dict[str, dict[int, tuple[float, float]]], path: Path
     def y_of(value: float) -> float:
         return bottom - (value - y_min) / (y_max - y_min) * (bottom - top)
 
-    draw.text((left, 12), title, fill="black", font=font)
+    draw.text((left, 10), title, fill="black", font=font)
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
     for tick in range(6):
         value = y_min + tick * (y_max - y_min) / 5
@@ -45,7 +45,7 @@ def plot_dice_vs_k(series: dict[str, dict[int, tuple[float, float]]], path: Path
         draw.line([(x_of(k), bottom), (x_of(k), bottom + 5)], fill="black")
         draw.text((x_of(k) - 6, bottom + 8), str(k), fill="black", font=font)
     draw.text(((left + right) / 2 - 90, bottom + 24), "labelled training volumes (K)", fill="black", font=font)
-    draw.text((8, top - 20), "mean Dice (test set), +-1 std over seeds", fill="black", font=font)
+    draw.text((8, top - 22), "mean Dice (test set), +-1 std over seeds", fill="black", font=font)
 
     offsets = {arm: (i - (len(series) - 1) / 2) * 6 for i, arm in enumerate(sorted(series))}
     for arm, points in sorted(series.items()):

@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from meddiff_cli.cache import models_dir
-from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.errors import MeddiffError, ModelError, UsageError
 from meddiff_cli.fsutil import remove_stale_temps
 from meddiff_cli.model.card import CARD_FILE, ModelCard, preset_config
 from meddiff_cli.model.networks import build_autoencoder, build_denoiser, downsample_factor, required_divisor
@@ -108,6 +108,8 @@ class Reporter:
     def stage_started(self, stage: str, start_step: int, total_steps: int) -> None: ...
 
     def step_done(self, stage: str, step: int, total_steps: int, losses: dict[str, float]) -> None: ...
+
+    def validated(self, stage: str, step: int, total_steps: int, metrics: dict[str, float]) -> None: ...
 
     def message(self, text: str) -> None: ...
 
@@ -363,6 +365,18 @@ def _sigint_stops(run: _Run) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def _clean_worker_errors() -> Iterator[None]:
+    """DataLoader workers re-raise our errors with the worker traceback as the message: keep its last line."""
+    try:
+        yield
+    except MeddiffError as error:
+        if error.path is None and error.message.startswith("Caught ") and "DataLoader worker" in error.message:
+            last = error.message.strip().splitlines()[-1]
+            raise type(error)(last.split(": ", 1)[-1]) from None
+        raise
+
+
 def _should_stop(run: _Run) -> bool:
     flag = 1.0 if run.stop_requested.is_set() else 0.0
     if run.dist.active:
@@ -379,7 +393,7 @@ def _loop(run: _Run, stage: str, start: int, total: int, step_fn: Any, at_step_e
     if run.dist.is_main:
         run.reporter.stage_started(stage, start, total)
     done = start
-    with _sigint_stops(run):
+    with _sigint_stops(run), _clean_worker_errors():
         for step, (images, class_ids) in zip(range(start, total), _loader(run, stage, start, total)):
             torch.manual_seed(step_seed(int(run.card.training["seed"]), STAGE_CODES[stage], step, run.dist.rank))
             losses = step_fn(step, images.to(run.device, non_blocking=True), class_ids.to(run.device))
@@ -460,6 +474,7 @@ def _train_autoencoder(run: _Run, total: int) -> int:
         if done % int(config["val_every"]) == 0 or final:
             metrics, preview_pair = _validate_autoencoder(run, autoencoder, validation)
             card.metrics.update(metrics)
+            run.reporter.validated("autoencoder", done, total, metrics)
             if done % int(config["preview_every"]) == 0 or final:
                 save_preview([list(pair) for pair in preview_pair], run.folder / PREVIEW_DIR / f"autoencoder_{done:07d}.png")
         if done % int(config["checkpoint_every"]) == 0 or final:
@@ -486,8 +501,8 @@ def _validate_autoencoder(run: _Run, autoencoder: torch.nn.Module, validation: l
                           ) -> tuple[dict[str, float], list[tuple[np.ndarray, np.ndarray]]]:
     """Deterministic reconstruction (decode the posterior mean) of held-out cases: L1 and PSNR over [-1, 1]."""
     autoencoder.eval()
-    psnr = PSNRMetric(max_val=2.0)
-    l1_values, previews = [], []
+    psnr = PSNRMetric(max_val=2.0)  # per-call values only: aggregate() would all-gather across DDP ranks
+    l1_values, psnr_values, previews = [], [], []
     for image, _ in validation:
         image = image.to(run.device)
         with run.autocast():
@@ -495,18 +510,19 @@ def _validate_autoencoder(run: _Run, autoencoder: torch.nn.Module, validation: l
             reconstruction = autoencoder.decode(z_mu)
         reconstruction = reconstruction.float().clamp(-1.0, 1.0)
         l1_values.append(float(F.l1_loss(reconstruction, image)))
-        psnr(reconstruction, image)
+        psnr_values.append(float(psnr(reconstruction, image).mean()))
         if len(previews) < 2:
             previews.append((image[0, 0].cpu().numpy(), reconstruction[0, 0].cpu().numpy()))
     autoencoder.train()
     metrics = {"autoencoder_val_l1": round(float(np.mean(l1_values)), 6),
-               "autoencoder_val_psnr_db": round(float(psnr.aggregate().item()), 3)}
+               "autoencoder_val_psnr_db": round(float(np.mean(psnr_values)), 3)}
     return metrics, previews
 
 
 # --------------------------------------------------------------------------------- stage 2: diffusion
 
 def _frozen_autoencoder(run: _Run) -> torch.nn.Module:
+    run.card.files.update(ModelCard.load(run.folder).files)  # other ranks never wrote it: learn its sha256
     autoencoder = build_autoencoder(run.card)
     autoencoder.load_state_dict(load_state_dict(run.folder / AUTOENCODER_FILE, run.card.files.get(AUTOENCODER_FILE)))
     return autoencoder.to(run.device).eval().requires_grad_(False)
@@ -595,6 +611,7 @@ def _train_diffusion(run: _Run, total: int) -> int:
             return
         if done % int(config["val_every"]) == 0 or final:
             card.metrics["diffusion_val_loss"] = round(_validate_diffusion(run, ema.module, scheduler, validation), 6)
+            run.reporter.validated("diffusion", done, total, {"diffusion_val_loss": card.metrics["diffusion_val_loss"]})
         if done % int(config["preview_every"]) == 0 or final:
             _preview_samples(run, ema.module, autoencoder, scale, run.folder / PREVIEW_DIR / f"diffusion_{done:07d}.png")
         if done % int(config["checkpoint_every"]) == 0 or final:
