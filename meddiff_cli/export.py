@@ -207,7 +207,7 @@ def _export_graph(module: torch.nn.Module, example: tuple[torch.Tensor, ...], pa
 def _verify_graph(path: Path, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
                   precision: str) -> tuple[float, str]:
     """Relative error ‖onnx − torch fp32‖ / ‖torch fp32‖ on inputs the exporter never saw."""
-    from meddiff_cli.sample.backends import create_session  # local import: sampling pulls in more modules
+    from meddiff_cli.sample.backends import create_session  # local: meddiff_cli.sample imports this module
 
     reference = module(*inputs).float().numpy()
     try:

@@ -29,6 +29,8 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        if tmp.exists():
+            os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; outputs get the usual umask mode
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -46,6 +48,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, _default_file_mode() | 0o111 & ~_current_umask())  # mkdtemp makes 0700
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=final.parent))
             os.replace(final, old / "old")
@@ -88,6 +91,16 @@ def remove_stale_temps(folder: str | Path) -> int:
             leftover.unlink(missing_ok=True)
         count += 1
     return count
+
+
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _default_file_mode() -> int:
+    return 0o666 & ~_current_umask()
 
 
 def _fsync_file(path: Path) -> None:

@@ -11,7 +11,7 @@ from monai.metrics import DiceMetric
 from scipy import stats
 
 from meddiff_cli.errors import BadInputError, ModelError, UsageError
-from meddiff_cli.segmentation.data import fraction_split, labelled_subset, read_manifest_labels
+from meddiff_cli.segmentation.data import class_map_from, fraction_split, labelled_subset, read_manifest_labels
 from meddiff_cli.segmentation.metrics import dice_per_case, hd95_per_case, paired_comparison, score_predictions
 from meddiff_cli.segmentation.network import (
     NetworkConfig,
@@ -122,6 +122,17 @@ def test_fraction_split_is_fixed_and_disjoint():
     assert fraction_split(10, 0.3) == (train, test)
     with pytest.raises(UsageError):
         fraction_split(3, 1.0)
+
+
+def test_class_map_makes_sparse_label_values_contiguous():
+    maps = [np.array([[0, 3], [3, 0]]), np.array([[6, 0], [0, 1]])]
+    classes = class_map_from(maps, {3: "liver", 6: "spleen"})
+    assert (classes.values, classes.names) == ([1, 3, 6], ["label_1", "liver", "spleen"])
+    other = np.array([0, 1, 3, 6, 9])
+    assert classes.to_indices(other).tolist() == [0, 1, 2, 3, 0]  # 9: unknown to the real maps -> background
+    assert classes.unknown_values(other) == [9]
+    with pytest.raises(BadInputError, match="empty"):
+        class_map_from([np.zeros((2, 2))], {})
 
 
 def test_label_names_from_sidecar_or_manifest(tmp_path):

@@ -69,7 +69,7 @@ def main() -> None:
         err_console.print(INTERRUPTED_MESSAGE, highlight=False)
         sys.exit(int(ExitCode.INTERRUPTED))
     except typer.Exit as done:
-        sys.exit(done.exit_code)
+        result = done.exit_code
     except Exception as error:
         if isinstance(error, typer.exceptions.TyperException) and hasattr(error, "show"):
             error.show()  # click-style usage error: message + hint, exit 2
@@ -82,4 +82,6 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(int(ExitCode.INTERNAL))
+    if result == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt into a silent exit code 130
+        err_console.print(INTERRUPTED_MESSAGE, highlight=False)
     sys.exit(result if isinstance(result, int) else 0)

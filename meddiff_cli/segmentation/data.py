@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError, UsageError
-from meddiff_cli.io import CaseSource, Volume, discover_cases, read_case
+from meddiff_cli.io import CaseSource, discover_cases, read_case
 from meddiff_cli.preprocess.transform import PreprocessSettings, harmonise_label, harmonise_volume
 
 TEST_SPLIT_SEED = 0
@@ -40,7 +40,6 @@ class LabelledSet:
     images: np.ndarray
     labels: np.ndarray | None
     spacing: tuple[float, float, float]
-    label_paths: list[Path] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -65,11 +64,8 @@ class ClassMap:
     def unknown_values(self, label: np.ndarray) -> list[int]:
         return sorted(int(v) for v in np.unique(label) if self.lookup[int(v)] < 0)
 
-    def to_indices(self, label: np.ndarray, path: Path, unknown_as_background: bool = False) -> np.ndarray:
-        """Class indices; values the real label maps never use are an error, or background if allowed."""
-        unknown = self.unknown_values(label)
-        if unknown and not unknown_as_background:
-            raise BadInputError(f"label values {unknown} do not occur in the training/test label maps", path)
+    def to_indices(self, label: np.ndarray) -> np.ndarray:
+        """Class indices; values outside the class map (see :meth:`unknown_values`) become background."""
         return np.maximum(self.lookup[label.astype(np.int64)], 0)
 
     def to_json(self) -> list[dict[str, object]]:
@@ -144,52 +140,44 @@ def class_map_from(label_arrays: list[np.ndarray], names: dict[int, str]) -> Cla
     return ClassMap(present, [names.get(v, f"label_{v}") for v in present])
 
 
-def fit_spacing(volumes: list[Volume], size: int) -> tuple[float, float, float]:
+def fit_spacing(pairs: list[CasePair], modality: str, size: int) -> tuple[float, float, float]:
     """Isotropic spacing at which the largest scan's field of view fits a ``size``-voxel cube.
 
     One spacing for all cases keeps anatomy at one scale (and HD95 in mm comparable across cases).
+    Volumes are read one at a time and dropped, so memory stays at one full-resolution scan.
     """
-    extents = [np.asarray(v.shape) * np.asarray(v.spacing) for v in volumes]
-    spacing = float(max(float(np.max(e)) for e in extents)) / size
-    return (spacing, spacing, spacing)
+    largest = 0.0
+    for pair in pairs:
+        image = read_case(pair.image, modality)
+        largest = max(largest, float(np.max(np.asarray(image.shape) * np.asarray(image.spacing))))
+    return (largest / size,) * 3
 
 
-def read_pair(pair: CasePair, modality: str) -> tuple[Volume, Volume | None]:
-    image = read_case(pair.image, modality)
-    label = read_case(pair.label, modality) if pair.label is not None else None
-    if label is not None and label.shape != image.shape:
-        raise BadInputError(f"label map shape {label.shape} differs from its image's shape {image.shape}",
-                            pair.label.path)
-    return image, label
+def harmonise_pairs(pairs: list[CasePair], settings: PreprocessSettings, with_labels: bool = True) -> LabelledSet:
+    """Read and harmonise one case at a time (image, and with ``with_labels`` its label map by nearest neighbour).
 
-
-def harmonise_pairs(
-    raw: list[tuple[CasePair, Volume, Volume | None]],
-    settings: PreprocessSettings,
-    with_labels: bool = True,
-) -> LabelledSet:
-    """Harmonise every image (and, ``with_labels``, its label map by nearest neighbour) onto the settings' grid."""
-    images, labels, label_paths = [], [], []
-    for pair, image, label in raw:
+    Only the small harmonised arrays are kept, so full-resolution scans never pile up in memory.
+    """
+    images, labels = [], []
+    for pair in pairs:
+        image = read_case(pair.image, settings.modality)
         images.append(harmonise_volume(image, settings).array.astype(np.float32))
-        if with_labels and label is not None and pair.label is not None:
-            try:  # also checks that the label map holds integers 0..255 and matches the image's geometry
+        if with_labels and pair.label is not None:
+            label = read_case(pair.label, settings.modality)
+            try:  # checks that the label map matches the image's grid and holds integers 0..255
                 labels.append(harmonise_label(label, image, settings).array)
             except BadInputError as error:
                 raise BadInputError(error.message, pair.label.path) from None
-            label_paths.append(pair.label.path)
-    spacing = tuple(float(s) for s in settings.resolved(raw[0][1].modality).spacing)
+    spacing = tuple(float(s) for s in settings.resolved().spacing)
     stacked_labels = np.stack(labels) if labels and len(labels) == len(images) else None
-    return LabelledSet(np.stack(images), stacked_labels, spacing, label_paths)  # type: ignore[arg-type]
+    return LabelledSet(np.stack(images), stacked_labels, spacing)  # type: ignore[arg-type]
 
 
-def as_class_indices(data: LabelledSet, classes: ClassMap, unknown_as_background: bool = False) -> LabelledSet:
-    """Label-map values -> class indices 0..C; a value outside the class map names its file (or is background)."""
+def as_class_indices(data: LabelledSet, classes: ClassMap) -> LabelledSet:
+    """Label-map values -> class indices 0..C."""
     if data.labels is None:
         return data
-    indices = np.stack([classes.to_indices(values, path, unknown_as_background)
-                        for values, path in zip(data.labels, data.label_paths)])
-    return LabelledSet(data.images, indices, data.spacing, data.label_paths)
+    return LabelledSet(data.images, np.stack([classes.to_indices(values) for values in data.labels]), data.spacing)
 
 
 def fraction_split(n_cases: int, fraction: float) -> tuple[list[int], list[int]]:

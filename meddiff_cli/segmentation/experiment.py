@@ -15,7 +15,6 @@ Each model is scored on the same held-out test set; the paired A-vs-B comparison
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ import torch
 
 from meddiff_cli.errors import UsageError
 from meddiff_cli.fsutil import atomic_write_json
-from meddiff_cli.io import Volume
+from meddiff_cli.io import Volume, read_case
 from meddiff_cli.preprocess.transform import PreprocessSettings
 from meddiff_cli.segmentation.data import (
-    CasePair,
+    TEST_SPLIT_SEED,
     ClassMap,
     LabelledSet,
     as_class_indices,
@@ -38,13 +37,18 @@ from meddiff_cli.segmentation.data import (
     labelled_subset,
     pair_cases,
     read_manifest_labels,
-    read_pair,
     split_folder,
 )
 from meddiff_cli.segmentation.metrics import mean_std, paired_comparison, score_predictions
 from meddiff_cli.segmentation.network import NetworkConfig, SegmentationNet, save_network, transfer_body
 from meddiff_cli.segmentation.plot import plot_dice_vs_k
-from meddiff_cli.segmentation.training import TrainBudget, predict, pretrain_restoration, train_segmentation
+from meddiff_cli.segmentation.training import (
+    ProgressCallback,
+    TrainBudget,
+    predict,
+    pretrain_restoration,
+    train_segmentation,
+)
 from meddiff_cli.train.distributed import resolve_device
 
 RESULTS_FORMAT = "meddiff-augment-seg"
@@ -53,8 +57,6 @@ RESULTS_NAME = "results.json"
 PLOT_NAME = "dice_vs_k.png"
 MODELS_DIR = "models"
 PRETRAIN_METHODS = ("ssl",)
-
-ProgressCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def prepare_data(settings: ExperimentSettings, progress: ProgressCallback | None
     else:
         train_idx, test_idx = fraction_split(len(pairs), settings.test_fraction)
         pool_pairs, test_pairs = [pairs[i] for i in train_idx], [pairs[i] for i in test_idx]
-        split = {"kind": "fraction", "fraction": settings.test_fraction, "split_seed": 0,
+        split = {"kind": "fraction", "fraction": settings.test_fraction, "split_seed": TEST_SPLIT_SEED,
                  "test_case_indices": test_idx, "n_train_pool": len(pool_pairs), "n_test": len(test_pairs)}
     if max(settings.n_labelled) > len(pool_pairs):
         raise UsageError(f"--n-labelled {max(settings.n_labelled)} needs that many labelled training cases; "
@@ -150,23 +152,16 @@ def prepare_data(settings: ExperimentSettings, progress: ProgressCallback | None
     synthetic_pairs = pair_cases(synthetic_images, synthetic_labels if settings.arm_c else None)
 
     names, manifest_modality = read_manifest_labels(settings.labels)
-    say(f"reading {len(pool_pairs)} training, {len(test_pairs)} test and {len(synthetic_pairs)} synthetic volumes")
-    raw_requested = settings.modality if settings.modality in ("ct", "mri") else "auto"
-
-    def read_all(group: list[CasePair]) -> list[tuple[CasePair, Volume, Volume | None]]:
-        return [(pair, *read_pair(pair, raw_requested)) for pair in group]
-
-    pool_raw, test_raw, synthetic_raw = read_all(pool_pairs), read_all(test_pairs), read_all(synthetic_pairs)
-    modality = _resolve_modality(settings.modality, manifest_modality, pool_raw[0][1])
-    for _pair, image, _label in pool_raw + test_raw + synthetic_raw:
-        image.modality = modality
+    requested = settings.modality if settings.modality in ("ct", "mri") else "auto"
+    modality = _resolve_modality(settings.modality, manifest_modality, read_case(pool_pairs[0].image, requested))
     spacing = ((settings.spacing,) * 3 if settings.spacing
-               else fit_spacing([image for _p, image, _l in pool_raw + test_raw], settings.size))
+               else fit_spacing(pool_pairs + test_pairs, modality, settings.size))
     preprocess = PreprocessSettings(modality=modality, spacing=spacing, size=(settings.size,) * 3)
-    say(f"harmonising to {settings.size}^3 at {spacing[0]:.2f} mm ({modality})")
-    pool = harmonise_pairs(pool_raw, preprocess)
-    test = harmonise_pairs(test_raw, preprocess)
-    synthetic = harmonise_pairs(synthetic_raw, preprocess, with_labels=settings.arm_c)
+    say(f"harmonising {len(pool_pairs)} training, {len(test_pairs)} test and {len(synthetic_pairs)} synthetic "
+        f"volumes to {settings.size}^3 at {spacing[0]:.2f} mm ({modality})")
+    pool = harmonise_pairs(pool_pairs, preprocess)
+    test = harmonise_pairs(test_pairs, preprocess)
+    synthetic = harmonise_pairs(synthetic_pairs, preprocess, with_labels=settings.arm_c)
     classes = class_map_from(list(pool.labels) + list(test.labels), names)
     say("classes: " + ", ".join(f"{v}={n}" for v, n in zip(classes.values, classes.names)))
     pool, test = as_class_indices(pool, classes), as_class_indices(test, classes)
@@ -177,7 +172,7 @@ def prepare_data(settings: ExperimentSettings, progress: ProgressCallback | None
         split["synthetic_label_values_as_background"] = ignored
         if ignored:
             say(f"synthetic label values {ignored} are not used in the real label maps: treated as background")
-        synthetic = as_class_indices(synthetic, classes, unknown_as_background=True)
+        synthetic = as_class_indices(synthetic, classes)
     return PreparedData(pool, test, synthetic, classes, preprocess, split)
 
 

@@ -86,12 +86,13 @@ def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:
         offset += grad.numel()
 
 
-def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> float:
+def broadcast_from_main(value: float, info: DistInfo, device: torch.device) -> float:
+    """Rank 0's value on every rank (e.g. the latent scale factor, computed once)."""
     if not info.active:
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item() / info.world_size)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
 
 
 def barrier(info: DistInfo) -> None:

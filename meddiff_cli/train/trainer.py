@@ -44,7 +44,7 @@ from meddiff_cli.model.networks import build_autoencoder, build_denoiser, downsa
 from meddiff_cli.model.store import AUTOENCODER_FILE, load_state_dict, save_model
 from meddiff_cli.train import distributed as ddp
 from meddiff_cli.train.checkpoint import (
-    flatten_optimizer, load_checkpoint, recover_interrupted_swap, save_checkpoint, unflatten_optimizer,
+    flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer,
 )
 from meddiff_cli.train.data import StepBatchSampler, TrainingData, VolumeDataset, load_training_data, read_case, step_seed
 from meddiff_cli.train.previews import PREVIEW_DIR, save_preview
@@ -206,7 +206,6 @@ def _prepare(options: TrainOptions, reporter: Reporter) -> _Run:
         if any(k.split(".")[0] in ("autoencoder", "denoiser") for k in options.overrides):
             raise UsageError("the architecture of an existing model cannot change; train a new --name")
         if options.resume:
-            recover_interrupted_swap(folder)
             checkpoint = load_checkpoint(folder)
             config = dict(checkpoint[0]["config"])
         else:
@@ -231,7 +230,11 @@ def _prepare(options: TrainOptions, reporter: Reporter) -> _Run:
                              "training it or choose another --name")
         preset = preset_config(options.preset)
         apply_overrides(preset, options.overrides, ("train", "autoencoder", "denoiser"))
-        probe = ModelCard(options.name, options.preset, [], {}, {}, preset["autoencoder"], preset["denoiser"])
+        probe = ModelCard(options.name, options.preset, ["ct"], {}, {}, preset["autoencoder"], preset["denoiser"])
+        try:  # overridden network settings must still build
+            build_autoencoder(probe), build_denoiser(probe), required_divisor(probe)
+        except (TypeError, ValueError, KeyError, IndexError, AssertionError) as error:
+            raise UsageError(f"invalid network settings for preset {options.preset!r}: {error}") from None
         data = load_training_data(options.data, options.modalities, required_divisor(probe),
                                   preset["train"]["val_fraction"], options.seed)
         card = _new_card(options, data, preset)
@@ -471,16 +474,19 @@ def _train_autoencoder(run: _Run, total: int) -> int:
         if not run.dist.is_main:
             ddp.barrier(run.dist)
             return
-        if done % int(config["val_every"]) == 0 or final:
+        preview_due = done % int(config["preview_every"]) == 0 or final
+        if done % int(config["val_every"]) == 0 or preview_due:
             metrics, preview_pair = _validate_autoencoder(run, autoencoder, validation)
             card.metrics.update(metrics)
             run.reporter.validated("autoencoder", done, total, metrics)
-            if done % int(config["preview_every"]) == 0 or final:
+            if preview_due:
                 save_preview([list(pair) for pair in preview_pair], run.folder / PREVIEW_DIR / f"autoencoder_{done:07d}.png")
         if done % int(config["checkpoint_every"]) == 0 or final:
             duration = previous_duration + time.monotonic() - began
             card.training["steps"]["autoencoder"] = done
             card.training["duration_s"]["autoencoder"] = round(duration, 3)
+            # Card + sampling weights first: whenever a checkpoint exists, so does a card to resume it with.
+            save_model(card, autoencoder, untrained_denoiser, run.folder)
             tensors_g, meta_g = flatten_optimizer(opt_g.state_dict())
             tensors_d, meta_d = flatten_optimizer(opt_d.state_dict())
             save_checkpoint(run.folder, {
@@ -489,7 +495,6 @@ def _train_autoencoder(run: _Run, total: int) -> int:
                 "optimizers": {"g": meta_g, "d": meta_d},
             }, {"autoencoder": autoencoder.state_dict(), "discriminator": discriminator.state_dict(),
                 "optimizer_g": tensors_g, "optimizer_d": tensors_d})
-            save_model(card, autoencoder, untrained_denoiser, run.folder)
         ddp.barrier(run.dist)
 
     done = _loop(run, "autoencoder", start, total, step_fn, at_step_end)
@@ -565,7 +570,8 @@ def _train_diffusion(run: _Run, total: int) -> int:
     config, card, device = run.config, run.card, run.device
     autoencoder = _frozen_autoencoder(run)
     if card.latent.get("scale_factor") is None:
-        card.latent["scale_factor"] = _scale_factor(run, autoencoder)
+        main_value = _scale_factor(run, autoencoder) if run.dist.is_main else 0.0
+        card.latent["scale_factor"] = ddp.broadcast_from_main(main_value, run.dist, device)
     scale = float(card.latent["scale_factor"])
     torch.manual_seed(int(card.training["seed"]) + 1)
     denoiser = build_denoiser(card).to(device)
@@ -618,13 +624,13 @@ def _train_diffusion(run: _Run, total: int) -> int:
             duration = previous_duration + time.monotonic() - began
             card.training["steps"]["diffusion"] = done
             card.training["duration_s"]["diffusion"] = round(duration, 3)
+            save_model(card, autoencoder, ema.module, run.folder)  # EMA weights are the ones samplers use
             tensors, meta = flatten_optimizer(optimizer.state_dict())
             save_checkpoint(run.folder, {
                 "stage": "diffusion", "step": done, "total_steps": total, "config": config,
                 "duration_s": duration, "skipped_steps": dict(skipped),
                 "optimizers": {"denoiser": meta},
             }, {"denoiser": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": tensors})
-            save_model(card, autoencoder, ema.module, run.folder)  # EMA weights are the ones samplers use
         ddp.barrier(run.dist)
 
     done = _loop(run, "diffusion", start, total, step_fn, at_step_end)
