@@ -67,6 +67,7 @@ class BadCase:
     case_id: str
     exit_code: int  # single-input `meddiff preprocess` exit code (3 no input, 4 bad input)
     words: tuple[str, ...]
+    explicit: bool = False  # DICOM-like files a folder scan ignores by design: pass them by name
 
 
 def _nifti_header_field_offset(name: str) -> int:
@@ -100,10 +101,11 @@ def build_corpus(folder: Path, seed: int = 0) -> list[BadCase]:
     nii_gz = seeds["nii.gz"].read_bytes()
     cases: list[BadCase] = []
 
-    def add(name: str, data: bytes, code: int, *words: str, case_id: str | None = None) -> None:
-        path = folder / name
+    def add(name: str, data: bytes, code: int, *words: str, explicit: bool = False) -> None:
+        path = folder / ("explicit" if explicit else "") / name
+        path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
-        cases.append(BadCase(name, path, case_id or name.split(".")[0], code, words))
+        cases.append(BadCase(name, path, name.split(".")[0], code, words, explicit))
 
     # Truncations at seeded offsets: inside the header, and inside the pixel data.
     for n, cut in enumerate(sorted(rng.integers(1, NIFTI_HEADER_BYTES, 2)) + sorted(rng.integers(NIFTI_DATA_OFFSET + 1, len(nii) - 1, 2))):
@@ -148,18 +150,17 @@ def build_corpus(folder: Path, seed: int = 0) -> list[BadCase]:
     add("huge_short.nii", huge_nifti_bytes((1024, 1024, 256)), 4, "bytes")
 
     # Empty files and wrong extensions.
-    for suffix in (".nii", ".nii.gz", ".dcm", ".nrrd", ".mha"):
+    for suffix in (".nii", ".nii.gz", ".nrrd", ".mha"):
         add(f"empty{suffix.replace('.', '_')}{suffix}", b"", 4, "empty")
-    add("nifti_named.dcm", nii, 4, "DICOM")
     add("dicom_named.nii.gz", seeds["dcm"].read_bytes(), 4, "NIfTI")
     add("dicom_named_plain.nii", seeds["dcm"].read_bytes(), 4, "NIfTI")
-    add("random_noise.dcm", b"\0" * 128 + b"DICM" + rng.bytes(2000), 4, "DICOM")
-
-    # Non-image DICOM given as explicit files (inside a folder beside images they are ignored, by design).
+    # DICOM is recognised by content, so inside a folder these are not cases (a folder scan skips
+    # files that are not DICOM images, e.g. an RT plan beside a CT series); named explicitly they fail.
+    add("empty_dcm.dcm", b"", 4, "empty", explicit=True)
+    add("nifti_named.dcm", nii, 4, "DICOM", explicit=True)
+    add("random_noise.dcm", b"\0" * 128 + b"DICM" + rng.bytes(2000), 4, "DICOM", explicit=True)
     for name in ("test-SR.dcm", "rtstruct.dcm", "rtplan.dcm"):
-        target = folder / f"nonimage_{name}"
-        shutil.copyfile(get_testdata_file(name), target)
-        cases.append(BadCase(target.name, target, target.name.split(".")[0], 4, ("no pixel data",)))
+        add(f"nonimage_{name}", Path(get_testdata_file(name)).read_bytes(), 4, "no pixel data", explicit=True)
 
     # DICOM series with a missing slice, a duplicated slice, and a truncated slice.
     cases.append(_dicom_series_case(folder / "series_missing", "missing", rng))

@@ -59,14 +59,14 @@ def trained(tmp_path_factory, ct_data) -> tuple[Path, Path, Recorder]:
     return result.folder, root, recorder
 
 
-def test_autoencoder_loss_decreases_on_smooth_volumes(tmp_path):
-    data = make_data(tmp_path / "ct", "ct", cases=4, size=32, seed=1)
+def test_autoencoder_loss_decreases_on_ct_phantoms(tmp_path):
+    data = make_data(tmp_path / "ct", "ct", cases=4, size=32, seed=1, phantoms=True)
     recorder = Recorder()
     train_model(options([data], tmp_path / "cache", stage="autoencoder", steps=24, seed=3,
                         overrides={**FAST, "train.adv_warmup_steps": 1000, "train.lr": 1e-3}), recorder)
     l1 = [step["l1"] for step in recorder.losses["autoencoder"]]
     assert len(l1) == 24
-    assert np.mean(l1[-4:]) < 0.75 * np.mean(l1[:4]), l1
+    assert np.mean(l1[-4:]) < 0.5 * np.mean(l1[:4]), l1
 
 
 def _all_tensors(folder: Path) -> dict[str, torch.Tensor]:

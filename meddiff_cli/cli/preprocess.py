@@ -95,6 +95,8 @@ def preprocess_command(
     info(f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed -> {out}", quiet)
     if summary["failed"]:
         message = f"{summary['failed']} of {len(result.cases)} case(s) failed; reasons in {ERRORS_NAME}"
+        if len(result.cases) == 1:  # one input: the error line itself names the file and the problem
+            raise BadInputError(result.failed[0]["error"], result.failed[0]["source"])
         if summary["failed"] == len(result.cases):
             raise BadInputError(message, out)
         raise PartialFailure(message, out)

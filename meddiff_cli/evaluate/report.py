@@ -313,7 +313,6 @@ def write_report(result: EvaluationResult, folder: str | Path) -> Path:
         images["memorization_pairs.png"], images["memorization_ncc.png"] = memorization_plots(result)
     pngs = {name: _png_bytes(image) for name, image in images.items()}
     with atomic_dir(folder) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a report folder is meant to be shared
         (tmp / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         for name, data in pngs.items():
             (tmp / name).write_bytes(data)

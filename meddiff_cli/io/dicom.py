@@ -254,23 +254,23 @@ def _scan(paths: Iterable[Path]) -> tuple[list[DicomSeries], list[tuple[Path, st
         except Exception as error:  # pydicom raises many types on corrupt input
             skipped.append((path, f"unreadable DICOM ({type(error).__name__})"))
             continue
-        if not _looks_like_dicom(ds):
-            skipped.append((path, "not a DICOM file (no DICM preamble and no DICOM header)"))
-            continue
-        try:
+        try:  # elements are parsed lazily: any access below may meet a malformed one
+            if not _looks_like_dicom(ds):
+                skipped.append((path, "not a DICOM file (no DICM preamble and no DICOM header)"))
+                continue
             frames = _frames_of(ds, path)
+            transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+            modality, model = str(ds.get("Modality", "")), str(ds.get("ManufacturerModelName", ""))
         except NotAnImage as reason:
             skipped.append((path, str(reason)))
             continue
-        except Exception as error:  # malformed numbers, sequences, ... in a parsable file
+        except Exception as error:  # malformed numbers, sequences, VRs, ... in a parsable file
             detail = " ".join(str(error).split())[:120]
             skipped.append((path, f"malformed DICOM header ({type(error).__name__}: {detail})"))
             continue
-        transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         for frame in frames:
             group = next((g for g in groups if _same_group(g.frames[0], frame)), None)
             if group is None:
-                modality, model = str(ds.get("Modality", "")), str(ds.get("ManufacturerModelName", ""))
                 group = DicomSeries(series_case_id(frame), [], modality, model)
                 groups.append(group)
             group.frames.append(frame)
@@ -413,8 +413,14 @@ def load_series(series: DicomSeries, label: Path, modality: str = "auto") -> Vol
     decoded: dict[Path, np.ndarray] = {}
     for k, frame in enumerate(frames):
         if frame.path not in decoded:
-            ds = series.datasets.get(frame.path) or _read_dataset(frame.path, header_only=False)
-            decoded[frame.path] = _decode(ds, frame.path)
+            try:
+                ds = series.datasets.get(frame.path) or _read_dataset(frame.path, header_only=False)
+                decoded[frame.path] = _decode(ds, frame.path)
+            except BadInputError:
+                raise
+            except Exception as error:  # a malformed element met only now (values are parsed lazily)
+                detail = " ".join(str(error).split())[:120]
+                raise BadInputError(f"malformed DICOM ({type(error).__name__}: {detail})", frame.path) from None
         pixels = decoded[frame.path]
         index = frame.frame_index or 0
         if index >= pixels.shape[0] or pixels.shape[1:] != (first.rows, first.columns):

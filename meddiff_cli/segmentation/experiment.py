@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from meddiff_cli.errors import UsageError
-from meddiff_cli.fsutil import atomic_write_json
+from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps
 from meddiff_cli.io import Volume, read_case
 from meddiff_cli.preprocess.transform import PreprocessSettings
 from meddiff_cli.segmentation.data import (
@@ -192,6 +192,8 @@ def run_experiment(settings: ExperimentSettings, out_dir: Path, progress: Progre
     say = progress or (lambda _message: None)
     device = resolve_device(settings.device)
     data = prepare_data(settings, say)
+    for folder in (out_dir, out_dir / MODELS_DIR):
+        remove_stale_temps(folder)  # half-written files of an interrupted earlier run
     class_names = data.classes.names
     seg_config = settings.network.with_out_channels(data.classes.n_classes + 1)
     ssl_config = settings.network.with_out_channels(1)
