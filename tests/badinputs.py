@@ -76,7 +76,7 @@ def _nifti_header_field_offset(name: str) -> int:
 
 def _set_nifti_field(raw: bytearray, name: str, value) -> None:
     dtype, offset = nib.Nifti1Header.template_dtype.fields[name][:2]
-    encoded = np.asarray(value, dtype=dtype.newbyteorder("<")).tobytes()
+    encoded = np.asarray(value, dtype=dtype.base.newbyteorder("<")).ravel()[: max(dtype.shape or (1,))].tobytes()
     raw[offset : offset + len(encoded)] = encoded
 
 

@@ -158,3 +158,31 @@ def test_sigkill_at_seeded_points_leaves_no_partial_file_and_resumes(scans, refe
     assert {case["case_id"]: case["sha256"] for case in manifest_cases(out)} == reference
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{case}.nii.gz" for case in reference)
     print(f"\nSIGKILL points tested: {len(targets)} (finished cases at each kill: {killed_at})")
+
+
+def test_ctrl_c_during_phantom_with_workers_cancels_queued_cases_and_resumes(tmp_path):
+    """`pool.map` queues every case: Ctrl-C must cancel the queue, not wait for the whole corpus."""
+    out = tmp_path / "phantoms"
+    command = [sys.executable, "-m", "meddiff_cli", "phantom", "--modality", "ct", "--count", "12", "--size", "48",
+               "--out", str(out), "--workers", "2", "-q"]
+    with open(tmp_path / "err.txt", "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while len(list((out / "labels").glob("[!.]*.nii.gz"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "err.txt").read_text()
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    err = (tmp_path / "err.txt").read_text()
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert temp_files(out) == []
+    finished = sorted({p.name for p in (out / "labels").glob("[!.]*.nii.gz")}
+                      & {p.name for p in (out / "images").glob("[!.]*.nii.gz")})
+    assert 2 <= len(finished) < 12, "the queued cases ran to completion despite Ctrl-C"
+    stamps = {name: (out / "images" / name).stat().st_mtime_ns for name in finished}
+    rerun = subprocess.run([*command[:-1], "--json"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["skipped"] >= len(finished) and summary["skipped"] + summary["generated"] == 12
+    assert {name: (out / "images" / name).stat().st_mtime_ns for name in finished} == stamps
+    assert len(list((out / "images").glob("[!.]*.nii.gz"))) == 12 and temp_files(out) == []

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from meddiff_cli.errors import UsageError
 from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps
 from meddiff_cli.io.nifti import write_nifti
 from meddiff_cli.phantom.generate import LABELS, generate_phantom, phantom_geometry
+from meddiff_cli.signals import interruptible_process_pool
 
 MANIFEST_FORMAT = "meddiff-phantom"
 FORMATS = ("nifti", "dicom")
@@ -132,7 +131,7 @@ def write_phantom_corpus(
             if on_case_done is not None:
                 on_case_done(done)
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        with interruptible_process_pool(min(workers, len(jobs))) as pool:
             for done in pool.map(_make_case, jobs):
                 if on_case_done is not None:
                     on_case_done(done)

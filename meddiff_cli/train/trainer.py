@@ -42,6 +42,7 @@ from meddiff_cli.fsutil import remove_stale_temps
 from meddiff_cli.model.card import CARD_FILE, ModelCard, preset_config
 from meddiff_cli.model.networks import build_autoencoder, build_denoiser, downsample_factor, required_divisor
 from meddiff_cli.model.store import AUTOENCODER_FILE, load_state_dict, save_model
+from meddiff_cli.signals import ignore_interrupts_in_worker
 from meddiff_cli.train import distributed as ddp
 from meddiff_cli.train.checkpoint import (
     flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer,
@@ -340,7 +341,14 @@ def _loader(run: _Run, stage: str, start: int, total: int) -> DataLoader:
     sampler = StepBatchSampler(len(run.data.train), int(run.config["batch_size"]), int(run.card.training["seed"]),
                                STAGE_CODES[stage], start, total, run.dist.rank, run.dist.world_size)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=run.options.workers,
-                      pin_memory=run.device.type == "cuda")
+                      pin_memory=run.device.type == "cuda", worker_init_fn=_worker_ignores_interrupts)
+
+
+def _worker_ignores_interrupts(_: int) -> None:
+    """Ctrl-C / SIGTERM reach the whole process group; only the main process reacts (it finishes the step,
+    writes a checkpoint, then shuts the workers down). A worker dying first would turn that into a crash."""
+    ignore_interrupts_in_worker()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _validation_volumes(run: _Run) -> list[tuple[torch.Tensor, int]]:

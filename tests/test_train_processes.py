@@ -1,4 +1,4 @@
-"""Two-process DDP (torchrun, gloo on CPU) writes the same model/checkpoint format as a single process."""
+"""Training in real processes: 2-process torchrun DDP (gloo on CPU), SIGKILL mid-run then --resume, SIGTERM."""
 
 from __future__ import annotations
 
@@ -95,3 +95,28 @@ def test_sigkill_at_any_moment_then_resume_matches_uninterrupted_run(tmp_path):
     _, b = load_checkpoint(straight.folder)
     assert all(torch.equal(a[g][k], b[g][k]) for g in b for k in b[g])
     assert resumed.card.training["steps"]["autoencoder"] == 8
+
+
+def test_sigterm_to_the_process_group_stops_cleanly_with_a_checkpoint(tmp_path):
+    """A scheduler's SIGTERM (sent to the whole group, DataLoader workers included) ends the step, writes a
+    checkpoint and exits 130 — not a crash from a dead worker."""
+    import signal
+    import time
+
+    data = make_data(tmp_path / "ct", "ct", cases=3, size=16)
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "meddiff_cli", "train", str(data), "--name", "m", "--stage", "autoencoder",
+               "--steps", "500", "--device", "cpu", "--workers", "1", "--cache-dir", str(cache), "-q",
+               "--val-every", "1000", "--preview-every", "1000", "--checkpoint-every", "1"]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                               stderr=subprocess.PIPE, text=True)
+    state_file = cache / "models" / "m" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and not state_file.is_file():
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    state, _ = load_checkpoint(cache / "models" / "m")
+    assert 1 <= state["step"] < 500
