@@ -124,7 +124,7 @@ def test_cuda_request_without_cuda_is_a_device_error():
         evaluate_folders("unused-real", "unused-synth", settings=EvaluationSettings(device="cuda:1"))
     with pytest.raises(UsageError):
         resolve_device("tpu")
-    assert resolve_device("auto") == "cpu"
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_evaluate_with_onnx_features_names_the_extractor(phantom_sets, tmp_path):  # noqa: F811

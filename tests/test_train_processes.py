@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from meddiff_cli.model import store
@@ -39,9 +41,15 @@ def test_two_process_gloo_ddp_matches_single_process_format(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "meddiff_cli", "train", str(data), "--name", "m", "--ae-steps", "2", "--diffusion-steps", "2",
                "--batch-size", "1", "--device", "cpu", "--workers", "0", "--json", *SETTINGS]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)  # rank 0 alone prints, exactly one JSON document
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, no orphans
+        pytest.fail(f"torchrun did not finish: {process.communicate()[1][-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)  # rank 0 alone prints, exactly one JSON document
     assert summary["steps"] == {"autoencoder": 2, "diffusion": 2}
     ddp_folder = Path(summary["folder"])
     card = ModelCard.load(ddp_folder)
@@ -58,7 +66,6 @@ def test_two_process_gloo_ddp_matches_single_process_format(tmp_path):
 def test_sigkill_at_any_moment_then_resume_matches_uninterrupted_run(tmp_path):
     """Kill -9 a run that checkpoints every step (so the kill often lands mid-save), resume it, and get
     exactly the weights of an uninterrupted run: the checkpoint on disk is never torn."""
-    import signal
     import time
 
     import torch
@@ -100,7 +107,6 @@ def test_sigkill_at_any_moment_then_resume_matches_uninterrupted_run(tmp_path):
 def test_sigterm_to_the_process_group_stops_cleanly_with_a_checkpoint(tmp_path):
     """A scheduler's SIGTERM (sent to the whole group, DataLoader workers included) ends the step, writes a
     checkpoint and exits 130 — not a crash from a dead worker."""
-    import signal
     import time
 
     data = make_data(tmp_path / "ct", "ct", cases=3, size=16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import typer
 
@@ -23,6 +24,8 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_show_locals=False,  # tracebacks must never print patient paths or data
     rich_markup_mode="rich",
+    # Every option can also come from MEDDIFF_<COMMAND>_<OPTION> (e.g. MEDDIFF_SAMPLE_COUNT=8); see docs/cli.md.
+    context_settings={"auto_envvar_prefix": "MEDDIFF"},
 )
 
 # Each module registers its command(s) on ``app`` when imported. Only working commands are listed.
@@ -35,19 +38,48 @@ COMMAND_MODULES: list[str] = [
     "meddiff_cli.cli.models",
     "meddiff_cli.cli.preprocess",
     "meddiff_cli.cli.phantom",
+    "meddiff_cli.cli.config",
 ]
+
+
+def version_lines() -> list[str]:
+    """What a bug report needs: meddiff, Python, torch (+CUDA), ONNX Runtime and its execution providers."""
+    import platform
+
+    import onnxruntime
+    import torch
+
+    cuda = (f"yes, {torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)}"
+            if torch.cuda.is_available() else "no")
+    return [
+        f"meddiff {__version__}",
+        f"python {platform.python_version()} ({platform.platform(terse=True)})",
+        f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}; CUDA available: {cuda})",
+        f"onnxruntime {onnxruntime.__version__} (providers: {', '.join(onnxruntime.get_available_providers())})",
+    ]
 
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"meddiff {__version__}")
+        typer.echo("\n".join(version_lines()))
         raise typer.Exit()
+
+
+def _config_callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    from meddiff_cli.cli.config import apply_config  # imported late: that module registers on ``app``
+
+    return apply_config(ctx, param, value)
 
 
 @app.callback()
 def root(
     version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        False, "--version", callback=_version_callback, is_eager=True,
+        help="Print meddiff, python, torch and onnxruntime versions, CUDA availability and ORT providers; exit.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", envvar="MEDDIFF_CONFIG", callback=_config_callback, is_eager=True,
+        help="TOML file with a [COMMAND] table of option values (flag > env MEDDIFF_* > file > default).",
     ),
 ) -> None:
     """meddiff — synthetic 3D CT/MRI from latent diffusion models."""
@@ -61,7 +93,8 @@ def main() -> None:
     """Console-script entry point: user errors become one line on stderr and a documented exit code."""
     install_sigterm_handler()
     try:
-        result = app(standalone_mode=False)
+        # prog_name: `python -m meddiff_cli` and torchrun runs complete and print usage as `meddiff` too.
+        result = app(standalone_mode=False, prog_name="meddiff")
     except MeddiffError as error:
         err_console.print(f"[bold red]error:[/] {error.one_line()}", highlight=False, markup=True)
         sys.exit(int(error.exit_code))

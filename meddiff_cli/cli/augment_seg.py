@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import info, print_json
+from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, show_settings
 from meddiff_cli.errors import UsageError
 from meddiff_cli.segmentation import ExperimentSettings, run_experiment
 from meddiff_cli.segmentation.experiment import PLOT_NAME, RESULTS_NAME
@@ -107,7 +107,9 @@ def augment_seg_command(
     arm_c: bool = typer.Option(False, "--arm-c", help="Also train arm C: real + labelled synthetic volumes (needs SYNTHETIC/labels)."),
     json_output: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages on stderr."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    show_settings(verbose, quiet)
     modality = modality.lower()
     settings = ExperimentSettings(
         images=images, labels=labels, synthetic=synthetic, test_images=test_images, test_labels=test_labels,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import info, print_json, progress_bar
+from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
 from meddiff_cli.errors import UsageError
 from meddiff_cli.evaluate import EvaluationSettings, evaluate_folders
 from meddiff_cli.evaluate.report import metric_rows, write_report
@@ -84,7 +84,9 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the REAL-halves split."),
     json_output: bool = typer.Option(False, "--json", help="Print the JSON report on stdout (nothing else goes there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages on stderr."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    show_settings(verbose, quiet)
     modality = {"mr": "mri"}.get(modality.lower(), modality.lower())
     if modality not in ("ct", "mri", "auto"):
         raise UsageError(f"--modality must be ct, mri or auto, got {modality!r}")
@@ -116,4 +118,6 @@ def evaluate_command(
         print_json(result.summary)
     else:
         _print_table(result.summary)
+    features_info = result.summary["features"]
+    info(f"features: {features_info['extractor']} ran on {features_info['device']}", quiet)
     info(f"evaluated {len(result.real)} real vs {len(result.synth)} synthetic volumes in {result.summary['seconds']} s", quiet)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import info, print_json
+from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, show_settings
 from meddiff_cli.export import DEFAULT_OPSET, export_model
 from meddiff_cli.models import resolve_model
 
@@ -31,7 +31,9 @@ def export_command(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Model cache folder (default: $MEDDIFF_HOME or the user cache)."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages on stderr."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    show_settings(verbose, quiet)
     folder = resolve_model(name, cache_dir)
     info(f"exporting {folder} ({precision}) …", quiet)
     result = export_model(folder, precision.lower(), out=out, opset=opset)

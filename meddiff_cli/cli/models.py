@@ -8,7 +8,7 @@ import typer
 
 from meddiff_cli.cache import models_dir
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import err_console, info, print_json
+from meddiff_cli.cli.common import VERBOSE_OPTION, err_console, info, print_json, show_settings
 from meddiff_cli.errors import UsageError
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.models import (
@@ -34,7 +34,9 @@ def models_root(offline: bool = typer.Option(False, "--offline", help="Guarantee
 
 
 @models_app.command("list", help="List cached models.", epilog="Example: meddiff models list --json")
-def list_command(cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION) -> None:
+def list_command(cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION,
+                 verbose: bool = VERBOSE_OPTION) -> None:
+    show_settings(verbose, quiet)
     entries = list_models(cache_dir)
     if json_output:
         print_json({"cache": str(models_dir(cache_dir)), "models": entries})
@@ -53,7 +55,9 @@ def list_command(cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON
 
 @models_app.command("info", help="Show a model's card.", epilog="Example: meddiff models info default --json")
 def info_command(name: str = typer.Argument(..., help="Model name or folder."), cache_dir: Path | None = CACHE_OPTION,
-                 json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION) -> None:
+                 json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION,
+                 verbose: bool = VERBOSE_OPTION) -> None:
+    show_settings(verbose, quiet)
     folder = resolve_model(name, cache_dir)
     summary = model_summary(folder)
     if json_output:
@@ -67,7 +71,9 @@ def info_command(name: str = typer.Argument(..., help="Model name or folder."), 
                     epilog="Example: meddiff models verify  (all cached models) or meddiff models verify my-model")
 def verify_command(name: str | None = typer.Argument(None, help="Model name or folder (default: every cached model)."),
                    cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION,
-                   quiet: bool = QUIET_OPTION) -> None:
+                   quiet: bool = QUIET_OPTION,
+                 verbose: bool = VERBOSE_OPTION) -> None:
+    show_settings(verbose, quiet)
     folders = [resolve_model(name, cache_dir)] if name else [Path(e["folder"]) for e in list_models(cache_dir)]
     report = {}
     for folder in folders:
@@ -83,7 +89,9 @@ def import_command(path: Path = typer.Argument(..., help="Model folder (model.js
                    name: str | None = typer.Option(None, "--name", help="Name in the cache (default: the card's name)."),
                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cached model of that name."),
                    cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION,
-                   quiet: bool = QUIET_OPTION) -> None:
+                   quiet: bool = QUIET_OPTION,
+                 verbose: bool = VERBOSE_OPTION) -> None:
+    show_settings(verbose, quiet)
     target = import_model(path, name, cache_dir, overwrite)
     info(f"imported {path} as {target.name} ({target})", quiet)
     if json_output:
@@ -93,7 +101,9 @@ def import_command(path: Path = typer.Argument(..., help="Model folder (model.js
 @models_app.command("rm", help="Delete a model from the cache.", epilog="Example: meddiff models rm old-model --yes")
 def rm_command(name: str = typer.Argument(..., help="Model name in the cache."),
                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-               cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION) -> None:
+               cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION,
+                 verbose: bool = VERBOSE_OPTION) -> None:
+    show_settings(verbose, quiet)
     if not yes:
         if not err_console.is_terminal:
             raise UsageError(f"refusing to delete model {name!r} without confirmation; pass --yes")

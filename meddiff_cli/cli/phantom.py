@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import info, print_json, progress_bar
+from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
 from meddiff_cli.phantom import LABELS, write_phantom_corpus
 
 
@@ -38,13 +39,21 @@ def phantom_command(
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Parallel worker processes."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout (nothing else goes there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages on stderr."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    show_settings(verbose, quiet)
     with progress_bar(quiet) as progress:
         task = progress.add_task(f"phantom {modality}", total=count, status="")
+
+        last = [time.perf_counter()]
 
         def on_case_done(case_id: str) -> None:
             progress.advance(task)
             progress.update(task, status=case_id)
+            if verbose:  # time since the previous case finished (with --workers: completion order)
+                now = time.perf_counter()
+                info(f"{case_id} written (+{now - last[0]:.2f} s)", quiet)
+                last[0] = now
 
         summary = write_phantom_corpus(
             modality.lower(), count, out, size=size, spacing=spacing, seed=seed, fmt=image_format.lower(),

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import info, print_json, progress_bar
+from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
 from meddiff_cli.errors import BadInputError, PartialFailure, UsageError
 from meddiff_cli.preprocess import (
     DEFAULT_SIZE,
@@ -63,7 +63,9 @@ def preprocess_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished cases (and allow changed settings)."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout (nothing else goes there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages on stderr."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    show_settings(verbose, quiet)
     modality = modality.lower()
     if modality == "mr":
         modality = "mri"
@@ -85,6 +87,8 @@ def preprocess_command(
             progress.update(task, completed=finished, total=total, status=f"{case['case_id']} {case['status']}")
             if case["status"] == "failed":
                 info(f"[yellow]failed[/] {case['source']}: {case['error']}", quiet)
+            elif verbose:
+                info(f"{case['case_id']}: {case['status']} ({finished}/{total})", quiet)
 
         result = preprocess_cases(
             inputs, out, settings, labels_dir=labels, workers=workers, overwrite=overwrite, on_case_done=on_case_done

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import info, print_json, progress_bar
+from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
 from meddiff_cli.models import set_offline
 from meddiff_cli.sample import DEFAULT_STEPS, SampleOptions, SampleProgress, parse_shard, sample_volumes
 
@@ -74,7 +74,9 @@ def sample_command(
     offline: bool = typer.Option(False, "--offline", help="Guarantee no network access (also MEDDIFF_OFFLINE=1)."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    show_settings(verbose, quiet)
     if offline:
         set_offline()
     options = SampleOptions(

@@ -18,7 +18,8 @@ import numpy as np
 
 from meddiff_cli import __version__
 from meddiff_cli.errors import UsageError
-from meddiff_cli.evaluate.features import RadiomicsExtractor, feature_names, make_extractor, resolve_device
+from meddiff_cli.devices import resolve_device
+from meddiff_cli.evaluate.features import RadiomicsExtractor, feature_names, make_extractor
 from meddiff_cli.evaluate.loading import ProgressFn, VolumeSet, guess_modality, list_cases, load_set
 from meddiff_cli.evaluate.memorization import memorization_check
 from meddiff_cli.evaluate.metrics import (
@@ -268,6 +269,7 @@ def evaluate_folders(
         },
         "features": {
             "extractor": extractor.name,
+            "device": extractor.runs_on,
             "dimension": int(raw["real"].shape[1]),
             "used_after_dropping_constant": int(standardised["real"].shape[1]),
             "standardised_with": "REAL mean and standard deviation per feature",

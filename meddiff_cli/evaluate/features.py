@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from meddiff_cli.cache import cache_root
-from meddiff_cli.errors import BadInputError, DeviceError, ModelError, UsageError
+from meddiff_cli.devices import resolve_device
+from meddiff_cli.errors import BadInputError, ModelError, UsageError
 
 RADIOMICS_NAME = "radiomics-v1"
 RADIOMICS_SCALES = (1, 2, 4)
@@ -169,6 +170,7 @@ class RadiomicsExtractor:
     """Weight-free features; the loader computes them per volume (in parallel) and this just stacks them."""
 
     name: str = RADIOMICS_NAME
+    runs_on: str = "cpu (numpy)"
 
     def __call__(self, volumes: np.ndarray) -> np.ndarray:
         return np.stack([radiomics_features(v) for v in volumes])
@@ -177,22 +179,9 @@ class RadiomicsExtractor:
 # ------------------------------------------------------------------------------------------- devices
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; an unavailable CUDA request is a DeviceError."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {device} requested but CUDA is not available")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-        return device
-    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+def torch_device_name(device: str) -> str:
+    """The shared ``--device`` rules (:mod:`meddiff_cli.devices`) as the plain string extractors keep."""
+    return str(resolve_device(device))
 
 
 # ------------------------------------------------------------------------------------------ medicalnet
@@ -278,6 +267,7 @@ class MedicalNetExtractor:
     def __post_init__(self) -> None:
         self.network = load_medicalnet(self.weights).to(self.device)
         self.name = f"medicalnet-resnet{_medicalnet_depth(self.weights)}"
+        self.runs_on = f"{self.device} (torch)"
 
     def __call__(self, volumes: np.ndarray) -> np.ndarray:
         import torch
@@ -320,6 +310,7 @@ class OnnxExtractor:
             raise ModelError("ONNX feature extractor must take one input [B, 1, X, Y, Z]", self.path)
         self.input_name = inputs[0].name
         self.name = f"onnx:{self.path.name}"
+        self.runs_on = f"{self.device} ({self.session.get_providers()[0]})"
 
     def __call__(self, volumes: np.ndarray) -> np.ndarray:
         outputs = []
@@ -343,7 +334,7 @@ def make_extractor(spec: str, device: str = "auto", cache: str | Path | None = N
     if spec in ("auto", "medicalnet"):
         weights = find_medicalnet_weights(cache)
         if weights is not None:
-            return MedicalNetExtractor(weights, resolve_device(device))
+            return MedicalNetExtractor(weights, torch_device_name(device))
         if spec == "medicalnet":
             raise ModelError(
                 "no MedicalNet weights imported: place resnet_50.safetensors (or .pth) in this folder",
@@ -355,7 +346,7 @@ def make_extractor(spec: str, device: str = "auto", cache: str | Path | None = N
         raise UsageError(f"--features must be auto, radiomics, medicalnet or an existing .onnx file, got {spec!r}")
     if path.suffix.lower() != ".onnx":
         raise BadInputError("feature extractor file must be an .onnx model", path)
-    return OnnxExtractor(path, resolve_device(device))
+    return OnnxExtractor(path, torch_device_name(device))
 
 
 def feature_names(extractor: FeatureExtractor, count: int) -> Sequence[str]:

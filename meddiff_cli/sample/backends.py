@@ -16,37 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddiff_cli.errors import DeviceError, UsageError
+from meddiff_cli.devices import DeviceRequest, check_cuda_index, parse_device
+from meddiff_cli.errors import DeviceError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
-
-
-@dataclass(frozen=True)
-class DeviceRequest:
-    """A parsed ``--device``: kind is auto|cpu|cuda; index is the CUDA ordinal."""
-
-    kind: str
-    index: int = 0
-
-    @property
-    def wants_cuda(self) -> bool:
-        return self.kind in {"auto", "cuda"}
-
-
-def parse_device(text: str) -> DeviceRequest:
-    text = (text or "auto").strip().lower()
-    if text in {"auto", "cpu", "cuda"}:
-        return DeviceRequest(text)
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return DeviceRequest("cuda", int(text[5:]))
-    raise UsageError(f"invalid --device {text!r}: use auto, cpu, cuda or cuda:N")
-
-
-def check_cuda_index(request: DeviceRequest) -> None:
-    """``cuda:N`` beyond the GPUs torch can see is a device error, not a crash later on."""
-    if request.kind == "cuda" and torch.cuda.is_available() and request.index >= torch.cuda.device_count():
-        raise DeviceError(f"--device cuda:{request.index}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 def cpu_threads() -> int:
@@ -59,7 +33,7 @@ def cpu_threads() -> int:
 
 @contextmanager
 def _quiet_ort(enabled: bool) -> Iterator[None]:
-    """Silence ORT's provider-loading errors while probing CUDA for ``--device auto`` (we report ourselves)."""
+    """Silence ORT's provider-loading errors while probing CUDA (auto falls back; cuda fails in one line)."""
     import onnxruntime as ort
 
     if not enabled:
@@ -84,21 +58,21 @@ def create_session(path: str | Path, device: str | DeviceRequest = "cpu", cuda_s
     """
     import onnxruntime as ort
 
-    request = parse_device(device) if isinstance(device, str) else device
+    request = parse_device(device)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = cpu_threads()
     providers: list = [CPU_PROVIDER]
     available = ort.get_available_providers()
     if request.wants_cuda and CUDA_PROVIDER in available:
-        cuda_options = {"device_id": request.index, "cudnn_conv_algo_search": "HEURISTIC"}
+        cuda_options = {"device_id": request.cuda_index, "cudnn_conv_algo_search": "HEURISTIC"}
         if cuda_stream is not None:
             cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(cuda_stream))
         providers = [(CUDA_PROVIDER, cuda_options), CPU_PROVIDER]
     elif request.kind == "cuda":
         raise DeviceError(f"--device cuda: this onnxruntime build has no CUDA provider (providers: {', '.join(available)}); "
                           "install onnxruntime-gpu or use --device cpu")
-    with _quiet_ort(request.kind == "auto"):
+    with _quiet_ort(request.kind != "cpu"):  # a failed CUDA probe is reported below, in one line
         session = ort.InferenceSession(str(path), options, providers=providers)
     used = session.get_providers()
     if request.kind == "cuda" and CUDA_PROVIDER not in used:
@@ -123,16 +97,16 @@ class OnnxBackend:
         check_cuda_index(request)
         stream = None
         if request.wants_cuda and torch.cuda.is_available():
-            stream = torch.cuda.current_stream(request.index).cuda_stream
+            stream = torch.cuda.current_stream(request.cuda_index).cuda_stream
         self.denoiser, self.provider = create_session(denoiser_path, request, stream)
         self.decoder, _ = create_session(decoder_path, request, stream)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         on_gpu = self.provider == CUDA_PROVIDER
         # IO binding needs CUDA memory we own; a CPU-only torch build feeds numpy (ORT copies per call).
         self.bind = on_gpu and torch.cuda.is_available()
-        self.device_index = request.index
-        self.torch_device = torch.device("cuda", request.index) if self.bind else torch.device("cpu")
-        self.device_label = f"cuda:{request.index}" if on_gpu else "cpu"
+        self.device_index = request.cuda_index
+        self.torch_device = torch.device("cuda", request.cuda_index) if self.bind else torch.device("cpu")
+        self.device_label = f"cuda:{request.cuda_index}" if on_gpu else "cpu"
 
     def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
         inputs = {"latent": latent.to(self.dtype).contiguous(), "timestep": timestep.float().contiguous(),
@@ -171,7 +145,7 @@ class TorchBackend:
         cuda = torch.cuda.is_available()
         if request.kind == "cuda" and not cuda:
             raise DeviceError("--device cuda: PyTorch sees no CUDA GPU (CPU-only build or no driver); use --device cpu")
-        self.torch_device = torch.device("cuda", request.index) if cuda and request.wants_cuda else torch.device("cpu")
+        self.torch_device = torch.device("cuda", request.cuda_index) if cuda and request.wants_cuda else torch.device("cpu")
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.denoiser = DenoiserForExport(unet).to(self.torch_device, self.dtype).eval()
         self.decoder = DecoderForExport(autoencoder, scale_factor).to(self.torch_device, self.dtype).eval()

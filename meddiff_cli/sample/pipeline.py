@@ -31,7 +31,8 @@ from meddiff_cli.io.volume import Volume
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_model, verify_file
 from meddiff_cli.models import resolve_model
-from meddiff_cli.sample.backends import OnnxBackend, TorchBackend, cpu_threads, parse_device
+from meddiff_cli.devices import parse_device
+from meddiff_cli.sample.backends import OnnxBackend, TorchBackend, cpu_threads
 from meddiff_cli.sample.writers import (
     centred_ras_affine, check_format, output_name, output_sha256, to_physical, write_output,
 )

@@ -49,7 +49,7 @@ from meddiff_cli.segmentation.training import (
     pretrain_restoration,
     train_segmentation,
 )
-from meddiff_cli.train.distributed import resolve_device
+from meddiff_cli.devices import describe_device, resolve_device
 
 RESULTS_FORMAT = "meddiff-augment-seg"
 RESULTS_VERSION = 1
@@ -191,6 +191,7 @@ def run_experiment(settings: ExperimentSettings, out_dir: Path, progress: Progre
     settings.validate()
     say = progress or (lambda _message: None)
     device = resolve_device(settings.device)
+    say(f"running on {describe_device(device)}")
     data = prepare_data(settings, say)
     for folder in (out_dir, out_dir / MODELS_DIR):
         remove_stale_temps(folder)  # half-written files of an interrupted earlier run

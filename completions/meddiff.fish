@@ -1,0 +1,1 @@
+complete --command meddiff --no-files --arguments "(env _MEDDIFF_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) meddiff)" --condition "env _MEDDIFF_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) meddiff"

@@ -1,0 +1,81 @@
+"""One ``--device auto|cpu|cuda|cuda:N`` for every computing command (train, sample, evaluate, augment-seg).
+
+Same rules everywhere: ``auto`` is CUDA when torch sees a GPU, else CPU; ``cuda``/``cuda:N`` without that GPU is a
+:class:`DeviceError` (exit 7) instead of a silent fall-back to CPU; anything else is a :class:`UsageError` (exit 2).
+Under ``torchrun`` ``auto``/``cuda`` mean the process's own local GPU (``LOCAL_RANK``). ONNX Runtime decides CUDA
+by its own providers, so the sampler parses here and checks the provider it really got (``sample.backends``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from meddiff_cli.errors import DeviceError, UsageError
+
+CHOICES_HELP = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """A parsed ``--device``: kind is auto|cpu|cuda; index is the CUDA ordinal (None: the default one)."""
+
+    kind: str
+    index: int | None = None
+
+    @property
+    def wants_cuda(self) -> bool:
+        return self.kind in {"auto", "cuda"}
+
+    @property
+    def cuda_index(self) -> int:
+        """The ordinal to use: explicit ``cuda:N``, else this torchrun process's local rank, else 0."""
+        if self.index is not None:
+            return self.index
+        under_torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+        return int(os.environ.get("LOCAL_RANK", "0") or 0) if under_torchrun else 0
+
+    def __str__(self) -> str:
+        return f"cuda:{self.index}" if self.kind == "cuda" and self.index is not None else self.kind
+
+
+def parse_device(text: str | DeviceRequest | None) -> DeviceRequest:
+    """Syntax only (no GPU probing): a bad string is a usage error, caught before any work starts."""
+    if isinstance(text, DeviceRequest):
+        return text
+    spec = (text or "auto").strip().lower()
+    if spec in {"auto", "cpu", "cuda"}:
+        return DeviceRequest(spec)
+    if spec.startswith("cuda:") and spec[5:].isdigit():
+        return DeviceRequest("cuda", int(spec[5:]))
+    raise UsageError(f"invalid --device {text!r}: use {CHOICES_HELP}")
+
+
+def check_cuda_index(request: DeviceRequest) -> None:
+    """``cuda:N`` beyond the GPUs torch can see is a device error, not a crash later on."""
+    if request.kind == "cuda" and torch.cuda.is_available() and request.cuda_index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {request}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
+def resolve_device(text: str | DeviceRequest | None) -> torch.device:
+    """The torch device a ``--device`` value means here and now (see the module docstring for the rules)."""
+    request = parse_device(text)
+    if request.kind == "cpu" or (request.kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {request}: PyTorch sees no CUDA GPU (CPU-only build, no driver or "
+                          "CUDA_VISIBLE_DEVICES empty); use --device cpu")
+    check_cuda_index(request)
+    torch.cuda.set_device(request.cuda_index)
+    return torch.device("cuda", request.cuda_index)
+
+
+def describe_device(device: torch.device | str) -> str:
+    """Human label for the 'running on …' line: the GPU's name, or the CPU threads torch uses."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
