@@ -44,7 +44,11 @@ def validate_name(name: str) -> str:
 
 
 def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None = None) -> Path:
-    """Find a model folder: an existing folder path, else ``<cache>/models/NAME``, else a bundled model."""
+    """Find a model folder: an existing folder path, else ``<cache>/models/NAME``, else a bundled model.
+
+    A bundled model (package data, maybe read-only) is first copied into the cache with its sha256 verified,
+    so ONNX export on first use and later verification happen in a writable folder the user owns.
+    """
     name = str(name_or_path or DEFAULT_MODEL)
     candidate = Path(name).expanduser()
     looks_like_path = os.sep in name or name.startswith(".") or (os.altsep and os.altsep in name)
@@ -56,7 +60,12 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
     if (folder / CARD_FILE).is_file():
         return folder
     if (BUNDLED_DIR / name / CARD_FILE).is_file():
-        return BUNDLED_DIR / name
+        try:
+            import_model(BUNDLED_DIR / name, name, cache_dir)
+        except UsageError:  # another process copied it in the meantime
+            if not (folder / CARD_FILE).is_file():
+                raise
+        return folder
     raise ModelError(
         f"model {name!r} not found in {models_dir(cache_dir)}; train one with `meddiff train --name {name}` "
         f"or add one with `meddiff models import PATH --name {name}`"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from types import FrameType
@@ -39,6 +40,25 @@ def ignore_interrupts_in_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class _SpawnIgnoringInterrupts(ProcessPoolExecutor):
+    """Workers are born with SIGINT ignored, not only after their initializer ran.
+
+    A spawn worker imports numpy/torch/meddiff for a second or more before the initializer; a Ctrl-C in
+    that window printed a KeyboardInterrupt traceback per worker. ``submit`` (``map`` uses it) is where
+    the pool starts its processes, so SIGINT is set to SIG_IGN around it: an ignored signal stays ignored
+    across exec, and Python keeps it that way at start-up. The parent's own handler is back at once.
+    """
+
+    def submit(self, fn, /, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return super().submit(fn, *args, **kwargs)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return super().submit(fn, *args, **kwargs)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 @contextlib.contextmanager
 def interruptible_process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A process pool that Ctrl-C stops within one case's time, without worker tracebacks.
@@ -48,7 +68,7 @@ def interruptible_process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     workers ignore SIGINT (see :func:`ignore_interrupts_in_worker`), and spawn (not fork) avoids
     deadlocks on the parent's torch/OpenMP threads.
     """
-    pool = ProcessPoolExecutor(
+    pool = _SpawnIgnoringInterrupts(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts_in_worker
     )
     try:

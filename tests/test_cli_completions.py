@@ -41,7 +41,7 @@ def _complete(run_meddiff, monkeypatch, words: str, shell: str = "bash") -> list
     monkeypatch.setenv("_MEDDIFF_COMPLETE", f"complete_{shell}")
     if shell == "bash":
         monkeypatch.setenv("COMP_WORDS", words)
-        monkeypatch.setenv("COMP_CWORD", str(len(words.split()) - 1))
+        monkeypatch.setenv("COMP_CWORD", str(len(words.split()) - (0 if words.endswith(" ") else 1)))
     else:
         monkeypatch.setenv("_TYPER_COMPLETE_ARGS", words)
     code, out, err = run_meddiff()
@@ -62,7 +62,7 @@ def test_completion_offers_commands_options_and_subcommands(run_meddiff, monkeyp
                     reason="needs bash and the installed meddiff console script")
 def test_bash_script_completes_through_the_real_program():
     script = (f"source {ROOT / 'completions' / 'meddiff.bash'}; COMP_WORDS=(meddiff config sh); COMP_CWORD=2; "
-              "_meddiff_completion; echo ${COMPREPLY[@]}")
+              "_meddiff_completion meddiff; echo ${COMPREPLY[@]}")  # bash passes the command as $1
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.stdout.split() == ["show"], done.stderr

@@ -105,7 +105,8 @@ def test_model_card_round_trips_and_holds_no_paths(trained):
     card = ModelCard.load(folder)
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
     assert card.modalities == ["ct", "mri"]
-    assert card.volume == {"shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0]}
+    assert card.volume == {"shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0], "spacing_by_modality": {"ct": [2.0, 2.0, 2.0]}}
+    assert card.spacing("ct") == [2.0, 2.0, 2.0]
     assert card.intensity["ct"] == {"kind": "ct_window", "window": [-1000, 1000], "unit": "HU"}
     assert card.intensity["mri"]["unit"] == "a.u." and card.intensity["mri"]["output_range"] == [0, 1000]
     assert card.training["cases"] == {"ct": {"train": 3, "val": 1}, "mri": {"train": 2, "val": 1}}

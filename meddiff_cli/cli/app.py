@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from meddiff_cli import __version__
 from meddiff_cli.cli.common import err_console
@@ -24,8 +25,6 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_show_locals=False,  # tracebacks must never print patient paths or data
     rich_markup_mode="rich",
-    # Every option can also come from MEDDIFF_<COMMAND>_<OPTION> (e.g. MEDDIFF_SAMPLE_COUNT=8); see docs/cli.md.
-    context_settings={"auto_envvar_prefix": "MEDDIFF"},
 )
 
 # Each module registers its command(s) on ``app`` when imported. Only working commands are listed.
@@ -96,7 +95,7 @@ def main() -> None:
         # prog_name: `python -m meddiff_cli` and torchrun runs complete and print usage as `meddiff` too.
         result = app(standalone_mode=False, prog_name="meddiff")
     except MeddiffError as error:
-        err_console.print(f"[bold red]error:[/] {error.one_line()}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(error.one_line())}", highlight=False)
         sys.exit(int(error.exit_code))
     except KeyboardInterrupt:
         err_console.print(INTERRUPTED_MESSAGE, highlight=False)
@@ -111,7 +110,7 @@ def main() -> None:
             err_console.print(INTERRUPTED_MESSAGE, highlight=False)
             sys.exit(int(ExitCode.INTERRUPTED))
         err_console.print(
-            f"[bold red]internal error:[/] {type(error).__name__}: {error} (please report this bug)",
+            f"[bold red]internal error:[/] {type(error).__name__}: {escape(' '.join(str(error).split()))} (please report this bug)",
             highlight=False,
         )
         sys.exit(int(ExitCode.INTERNAL))

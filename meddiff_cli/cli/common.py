@@ -57,7 +57,7 @@ SOURCE_NAMES = {"COMMANDLINE": "flag", "ENVIRONMENT": "env", "DEFAULT_MAP": "fil
 def describe_parameters(ctx: Any) -> dict[str, dict[str, Any]]:
     """Effective value and source of every parameter of ``ctx.command`` as click resolved it.
 
-    click already applies flag > env (``auto_envvar_prefix``) > config file (``default_map``) > default, so
+    click already applies flag > env (``param.envvar``) > config file (``default_map``) > default, so
     real runs (``-v``) and ``meddiff config show`` both just read what it decided: one precedence rule.
     """
     described: dict[str, dict[str, Any]] = {}
@@ -66,9 +66,7 @@ def describe_parameters(ctx: Any) -> dict[str, dict[str, Any]]:
             continue
         source = ctx.get_parameter_source(param.name)
         value = ctx.params.get(param.name)
-        envvar = None
-        if getattr(param, "allow_from_autoenv", False) and ctx.auto_envvar_prefix:
-            envvar = param.envvar or f"{ctx.auto_envvar_prefix}_{param.name.upper()}"
+        envvar = param.envvar if isinstance(param.envvar, str) else None  # MEDDIFF_<COMMAND>_<FLAG>
         described[param.name] = {
             "flag": max(param.opts, key=len) if param.param_type_name == "option" else param.name.upper(),
             "value": [str(v) if isinstance(v, Path) else v for v in value] if isinstance(value, (list, tuple))

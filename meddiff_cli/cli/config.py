@@ -1,9 +1,10 @@
 """Settings from a TOML file and ``MEDDIFF_*`` env vars, and ``meddiff config show``.
 
 ``meddiff --config run.toml CMD …`` (or ``MEDDIFF_CONFIG=run.toml``) loads ``[CMD]`` tables into click's
-``default_map``; env vars come from click's ``auto_envvar_prefix="MEDDIFF"`` (``MEDDIFF_SAMPLE_COUNT``). click then
-resolves flag > env > file > default for real runs, and ``config show`` builds the same contexts to read what it
-decided, so the precedence rule lives in exactly one place.
+``default_map``; every subcommand option gets the env var ``MEDDIFF_<CMD>_<FLAG>`` (``MEDDIFF_SAMPLE_COUNT``).
+click then resolves flag > env > file > default for real runs, and ``config show`` builds the same contexts to
+read what it decided, so the precedence rule lives in exactly one place. Root options (``--version``) get no env
+var on purpose: ``MEDDIFF_VERSION=1`` in a job script must not change what every command does.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def _flag_name(param: Any) -> str:
 def name_envvars(command: Any, prefix: str = "MEDDIFF") -> None:
     """Give every option the env var ``MEDDIFF_<COMMAND>_<FLAG>`` (``--format`` -> ``MEDDIFF_SAMPLE_FORMAT``).
 
-    click's automatic names use the Python parameter name (``MEDDIFF_SAMPLE_FILE_FORMAT``); users know flags.
-    Runs on the freshly built click tree before any subcommand parses, so real runs and ``config show`` agree.
+    click's ``auto_envvar_prefix`` would use Python parameter names (``MEDDIFF_SAMPLE_FILE_FORMAT``) and also
+    cover root options; users know flags. Runs on the freshly built click tree before any subcommand parses,
+    so real runs, ``--help`` and ``config show`` agree.
     """
     for name, sub in getattr(command, "commands", {}).items():
         sub_prefix = f"{prefix}_{name.upper().replace('-', '_')}"
@@ -42,9 +44,12 @@ def name_envvars(command: Any, prefix: str = "MEDDIFF") -> None:
 
 
 def _key_names(param: Any) -> set[str]:
-    """Spellings a TOML key may use for a parameter: ``batch_size``, ``batch-size`` (its long flag without --)."""
+    """Spellings a TOML key may use: ``batch_size``, ``batch-size`` (its long flag without --).
+
+    Not ``no-flip-lr``: a key names the option and the value says true/false (``flip-lr = false``).
+    """
     names = {param.name}
-    for opt in [*param.opts, *param.secondary_opts]:
+    for opt in param.opts:
         if opt.startswith("--"):
             names |= {opt[2:], opt[2:].replace("-", "_")}
     return names

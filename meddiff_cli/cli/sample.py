@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from meddiff_cli.sample import DEFAULT_STEPS, SampleOptions, SampleProgress, par
 class _RichProgress(SampleProgress):
     """Two bars on stderr: volumes of this shard, and denoiser steps of the current batch."""
 
-    def __init__(self, bar, options: SampleOptions, quiet: bool) -> None:
-        self.bar, self.options, self.quiet = bar, options, quiet
+    def __init__(self, bar, options: SampleOptions, quiet: bool, verbose: bool = False) -> None:
+        self.bar, self.options, self.quiet, self.verbose = bar, options, quiet, verbose
+        self.last = time.perf_counter()
         self.volumes = self.steps = None
 
     def start(self, total: int, pending: int) -> None:
@@ -28,6 +30,7 @@ class _RichProgress(SampleProgress):
         if exported:
             info(f"exported the ONNX graphs ({self.options.precision}) on first use", self.quiet)
         info(f"running on {device} ({provider}; backend {self.options.backend}, {self.options.precision})", self.quiet)
+        self.last = time.perf_counter()  # per-volume times below exclude export and model loading
 
     def batch(self, size: int, steps: int) -> None:
         self.bar.reset(self.steps, total=steps, status=f"batch of {size}")
@@ -35,8 +38,15 @@ class _RichProgress(SampleProgress):
     def step(self) -> None:
         self.bar.advance(self.steps)
 
+    def batch_reduced(self, old: int, new: int, reason: str) -> None:
+        info(f"batch size {old} -> {new} ({reason})", self.quiet)
+
     def volume(self, entry: dict[str, Any]) -> None:
         self.bar.update(self.volumes, advance=1, status=entry["file"])
+        if self.verbose:  # time since the previous volume was written (a batch finishes together)
+            now = time.perf_counter()
+            info(f"{entry['file']} written (seed {entry.get('seed')}, +{now - self.last:.2f} s)", self.quiet)
+            self.last = now
 
 
 @app.command(
@@ -62,6 +72,9 @@ def sample_command(
     sampler: str = typer.Option("euler", "--sampler", help="euler (RFlowScheduler.step) or heun (2 evaluations/step)."),
     seed: int = typer.Option(0, "--seed", help="Run seed; volume i gets its own seed derived from (seed, i)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Volumes denoised together (memory vs speed)."),
+    max_memory: float | None = typer.Option(
+        None, "--max-memory", help="GB the sampler may use: lowers --batch-size up front from an estimate "
+        "(docs/reliability.md); exit 2 if even one volume would not fit. CUDA out-of-memory halves the batch anyway."),
     file_format: str = typer.Option("nifti", "--format", help="nifti (.nii.gz; CT int16 HU), dicom (series folder) or npy."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (cuda fails with exit 7 if unavailable)."),
     backend: str = typer.Option("onnx", "--backend", help="onnx (ONNX Runtime, default) or torch (PyTorch reference)."),
@@ -83,10 +96,10 @@ def sample_command(
         modality=modality.lower(), count=count, out=out, model=model, cache_dir=cache_dir, steps=steps,
         sampler=sampler.lower(), seed=seed, batch_size=batch_size, file_format=file_format.lower(),
         device=device.lower(), backend=backend.lower(), precision=precision.lower(), shard=parse_shard(shard),
-        preview=preview, overwrite=overwrite, compile=compile_model,
+        preview=preview, overwrite=overwrite, compile=compile_model, max_memory_gb=max_memory,
     )
     with progress_bar(quiet) as bar:
-        result = sample_volumes(options, _RichProgress(bar, options, quiet))
+        result = sample_volumes(options, _RichProgress(bar, options, quiet, verbose))
     summary = result.to_dict()
     rate = f", {summary['volumes_per_s']} volumes/s" if summary["volumes_per_s"] else ""
     info(f"{len(result.generated)} generated, {len(result.skipped)} already done (shard "

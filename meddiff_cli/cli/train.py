@@ -75,7 +75,7 @@ def train_command(
     name: str = typer.Option(..., "--name", help="Model name: folder models/NAME/ in the cache."),
     modality: Optional[list[str]] = typer.Option(
         None, "--modality", help="Class label per DATA folder (default: the manifest's modality). Repeat per folder."),
-    preset: str = typer.Option("tiny", "--preset", help="Network/training preset: tiny (CPU tests), small, base (GPU)."),
+    preset: str = typer.Option("tiny", "--preset", help="Network/training preset: tiny (CPU tests), compact (trains on a CPU in ~30 min at 64^3), small, base (GPU)."),
     stage: str = typer.Option("all", "--stage", help="autoencoder, diffusion or all (autoencoder then diffusion)."),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Steps of the stage being trained; with --stage all it sets the diffusion steps."),

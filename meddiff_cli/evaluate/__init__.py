@@ -20,6 +20,7 @@ from meddiff_cli import __version__
 from meddiff_cli.errors import UsageError
 from meddiff_cli.devices import resolve_device
 from meddiff_cli.evaluate.features import RadiomicsExtractor, feature_names, make_extractor
+from meddiff_cli.io.limits import check_memory, harmonise_memory
 from meddiff_cli.evaluate.loading import ProgressFn, VolumeSet, guess_modality, list_cases, load_set
 from meddiff_cli.evaluate.memorization import memorization_check
 from meddiff_cli.evaluate.metrics import (
@@ -226,6 +227,12 @@ def evaluate_folders(
         refs["train"] = list_cases(train, "TRAIN")
     modality = settings.modality if settings.modality != "auto" else guess_modality(refs["real"][0])
     pp = settings.preprocess_settings(modality)
+    voxels = int(np.prod(pp.size, dtype=object))
+    total = sum(len(role_refs) for role_refs in refs.values())
+    # every set stays in memory as float32 (x2 while stacked), plus the cases being harmonised
+    check_memory(total * voxels * 4 * 2 + harmonise_memory(pp.size, settings.workers),
+                 f"evaluating {total} volumes at --size {'x'.join(map(str, pp.size))}",
+                 "use a smaller --size, fewer --workers or fewer volumes")
     extractor = make_extractor(settings.features, settings.device, settings.cache)
     radiomics = isinstance(extractor, RadiomicsExtractor)
     roots = {"real": real, "synthetic": synth, "train": train}

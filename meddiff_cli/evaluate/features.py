@@ -5,7 +5,7 @@
   it runs in the loading workers.
 * ``medicalnet`` — a MedicalNet 3D ResNet (MONAI's implementation, MedicalNet layout) whose weights the
   user placed in ``<cache>/features/medicalnet/`` as ``resnet_<depth>.safetensors`` (or a ``.pth``
-  read with ``torch.load(weights_only=True)``). Never downloaded.
+  read with ``torch.load(weights_only=True)``), sha256-pinned on first use. Never downloaded.
 * ``PATH`` — a user ONNX model mapping ``[B, 1, X, Y, Z]`` float32 to ``[B, F]``.
 
 Feature values from different extractors are not comparable; the report always names the extractor.
@@ -13,6 +13,8 @@ Feature values from different extractors are not comparable; the report always n
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +215,35 @@ def _medicalnet_depth(path: Path) -> int:
     return depth
 
 
+def read_pinned_weights(path: Path) -> bytes:
+    """The weights' bytes, sha256-checked against ``<file>.sha256`` beside them (pinned on first use).
+
+    MedicalNet weights come from the user, not from a meddiff model card, so there is no reference hash
+    until meddiff has seen them once: the first use writes ``resnet_<d>.<ext>.sha256`` (sha256sum format;
+    put the publisher's hash there beforehand to check the very first use too) and every later use refuses
+    a file that changed (exit 6). The loader parses these same bytes, never the path again.
+    """
+    from meddiff_cli.fsutil import atomic_write_bytes
+    from meddiff_cli.model.store import read_verified
+
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        try:
+            expected = sidecar.read_text(encoding="utf-8").split()[0].lower()
+        except (OSError, UnicodeDecodeError, IndexError):
+            raise ModelError("unreadable sha256 file beside the MedicalNet weights", sidecar) from None
+        return read_verified(path, expected)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModelError(f"cannot read MedicalNet weights ({error.strerror or error})", path) from None
+    try:
+        atomic_write_bytes(sidecar, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+    except OSError:
+        pass  # a read-only weights folder: still usable, just not pinned
+    return data
+
+
 def load_medicalnet(path: str | Path):  # -> monai ResNet
     """Build MONAI's 3D ResNet in MedicalNet layout and load weights without unpickling objects.
 
@@ -226,13 +257,14 @@ def load_medicalnet(path: str | Path):  # -> monai ResNet
 
     path = Path(path)
     depth = _medicalnet_depth(path)
+    data = read_pinned_weights(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load as load_safetensors_bytes
 
-            state = load_file(str(path))
+            state = load_safetensors_bytes(data)
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
     except Exception as error:
         raise ModelError(f"cannot read MedicalNet weights ({type(error).__name__}: {error})", path) from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from meddiff_cli.io import CaseSource, discover_cases, read_case, read_volume
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.preprocess import MANIFEST_NAME, PreprocessSettings, harmonise_volume, invert_intensity, load_manifest
 from meddiff_cli.preprocess.manifest import FORMAT as PREPROCESS_FORMAT
+from meddiff_cli.signals import interruptible_process_pool
 
 ProgressFn = Callable[[str, int, int], None]
 CT_AIR_THRESHOLD_HU = -500.0
@@ -208,7 +208,7 @@ def load_set(
     if progress:
         progress(f"loading {role}", 0, len(refs))
     if workers > 1 and len(refs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with interruptible_process_pool(workers) as pool:  # Ctrl-C stops within one volume's time
             futures = [pool.submit(_load_one, ref, settings, want_radiomics, label_names) for ref in refs]
             for index, future in enumerate(futures):
                 results[index] = future.result()

@@ -57,3 +57,46 @@ def check_affine(affine: np.ndarray, path: str | Path) -> None:
     if not np.isfinite(determinant) or abs(determinant) < 1e-12:
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         raise BadInputError(f"degenerate geometry: voxel axes of length {np.round(spacing, 6).tolist()} mm span no volume", path)
+
+
+RESAMPLE_BYTES_PER_VOXEL = 48
+"""Peak bytes per output voxel while one case is harmonised: the float32 result, the float64 grid
+coordinates of ``resample_to_grid`` plus their broadcast temporaries, the outside mask, the intensity-mapped
+copy and the writer's cast (measured from the code path, rounded up)."""
+
+
+def available_memory_bytes() -> int | None:
+    """RAM that can be used without swapping: MemAvailable (Linux), else free pages from sysconf; None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(needed_bytes: int, what: str, hint: str) -> None:
+    """Refuse up front (UsageError, exit 2) a job whose estimated peak exceeds the available RAM.
+
+    Running out of memory half-way gets the process killed by the OOM killer (no message, exit 137),
+    possibly hours in; an estimate checked before any work is read gives one clear line instead.
+    """
+    from meddiff_cli.errors import UsageError
+
+    available = available_memory_bytes()
+    if available is None or needed_bytes <= available:
+        return
+    gib = 1024**3
+    raise UsageError(f"{what} needs about {needed_bytes / gib:.1f} GB of memory but only {available / gib:.1f} GB "
+                     f"is available; {hint}")
+
+
+def harmonise_memory(size: tuple[int, ...], workers: int) -> int:
+    """Estimated peak bytes of ``workers`` cases harmonised at once onto a grid of ``size`` voxels."""
+    voxels = int(np.prod([int(s) for s in size], dtype=object))
+    return workers * voxels * RESAMPLE_BYTES_PER_VOXEL

@@ -28,6 +28,7 @@ _COMMON_TRAIN: dict[str, Any] = {
     "intensity_jitter": 0.05,  # x * (1 + a) + b, a, b ~ U(-j, j), then clipped to [-1, 1]
     "flip_lr": False,  # random left-right flips change laterality (heart, liver): opt in for symmetric anatomy
     "val_fraction": 0.1,  # of each modality's cases, at least 1 held out for validation
+    "ae_patch_size": 0,  # >0: the autoencoder trains on random cubic crops of this side (it is fully convolutional)
     "preview_sampling_steps": 10,  # Euler steps for the decoded-sample preview PNGs
 }
 
@@ -46,6 +47,21 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "adv_warmup_steps": 10, "adv_weight": 0.01, "kl_weight": 1e-6, "adv_ramp_steps": 5,
                   "disc_channels": 8, "disc_layers": 2, "warmup_steps": 2, "ema_decay": 0.99,
                   "val_every": 10, "preview_every": 10, "checkpoint_every": 10, **_COMMON_TRAIN},
+    },
+    "compact": {  # trainable on a laptop CPU in ~30 min at 64^3 (the interim bundled default); fast to sample
+        "autoencoder": {
+            "channels": [16, 32, 64], "num_res_blocks": 1, "latent_channels": 4, "norm_num_groups": 8,
+            "attention_levels": [False, False, False],
+        },
+        "denoiser": {
+            "channels": [32, 64, 128], "num_res_blocks": 1, "attention_levels": [False, True, True],
+            "num_head_channels": 16, "norm_num_groups": 16,
+        },
+        "train": {"autoencoder_steps": 600, "diffusion_steps": 1000, "batch_size": 4, "lr": 2e-4,
+                  "adv_warmup_steps": 300, "adv_weight": 0.01, "kl_weight": 1e-6, "adv_ramp_steps": 100,
+                  "disc_channels": 16, "disc_layers": 2, "warmup_steps": 30, "ema_decay": 0.995,
+                  "val_every": 200, "preview_every": 200, "checkpoint_every": 100,
+                  **{**_COMMON_TRAIN, "ae_patch_size": 32}},
     },
     "small": {  # one GPU, minutes to an hour; 64^3-128^3 volumes
         "autoencoder": {
@@ -90,7 +106,9 @@ class ModelCard:
     """Everything about a trained model except its weights.
 
     * ``modalities``: class labels of the denoiser, index = class id (e.g. ``["ct", "mri"]``).
-    * ``volume``: ``{"shape": [X, Y, Z], "spacing": [sx, sy, sz]}`` of generated volumes (RAS+).
+    * ``volume``: ``{"shape": [X, Y, Z], "spacing": [sx, sy, sz]}`` of generated volumes (RAS+), plus
+      ``"spacing_by_modality": {modality: [sx, sy, sz]}`` when modalities were trained at different spacings
+      (one network serves a chest CT at 6 mm and a brain MRI at 3.5 mm: same grid, different field of view).
     * ``intensity``: per modality, how model space [-1, 1] maps back to physical units, e.g.
       ``{"ct": {"kind": "ct_window", "window": [-1000, 1000], "unit": "HU"}}`` or
       ``{"mri": {"kind": "percentile", "unit": "a.u.", "output_range": [0, 1000]}}``.
@@ -127,6 +145,11 @@ class ModelCard:
         if modality not in self.modalities:
             raise ModelError(f"model {self.name!r} was trained on {', '.join(self.modalities)}, not {modality!r}")
         return self.modalities.index(modality)
+
+    def spacing(self, modality: str) -> list[float]:
+        """Voxel size (mm) of generated volumes of ``modality``."""
+        by_modality = self.volume.get("spacing_by_modality") or {}
+        return [float(v) for v in by_modality.get(modality, self.volume["spacing"])]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

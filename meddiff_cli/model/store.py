@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes, save_file
 
 from meddiff_cli.errors import ModelError
 from meddiff_cli.fsutil import atomic_path, sha256_file
@@ -38,20 +39,34 @@ def save_state_dict(module_or_state: torch.nn.Module | dict[str, torch.Tensor], 
 
 def verify_file(path: str | Path, expected_sha256: str | None) -> None:
     """Refuse a file whose sha256 differs from the model card's (tampered or truncated)."""
+    read_verified(path, expected_sha256)
+
+
+def read_verified(path: str | Path, expected_sha256: str | None) -> bytes:
+    """The file's bytes, after checking their sha256 against the card's.
+
+    Loaders parse exactly these bytes (never the path again), so a file swapped between the check and
+    the load cannot slip through.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError("model file missing", path)
     if expected_sha256 is None:
         raise ModelError("file is not listed in the model card, refusing to load it", path)
-    actual = sha256_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModelError(f"unreadable model file ({error.strerror or error})", path) from None
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise ModelError(f"sha256 mismatch (expected {expected_sha256[:12]}…, got {actual[:12]}…): file was modified", path)
+    return data
 
 
 def load_state_dict(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    verify_file(path, expected_sha256)
+    data = read_verified(path, expected_sha256)
     try:
-        return load_file(str(path))
+        return load_safetensors_bytes(data)
     except (SafetensorError, OSError) as error:
         raise ModelError(f"unreadable safetensors file ({error})", path) from None
 

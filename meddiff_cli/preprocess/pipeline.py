@@ -8,9 +8,8 @@ time, so memory is bounded by one volume per worker.
 from __future__ import annotations
 
 import json
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,8 @@ from meddiff_cli.preprocess.manifest import (
     settings_differences,
 )
 from meddiff_cli.preprocess.transform import PreprocessSettings, harmonise_label, harmonise_volume, orientation_codes
-from meddiff_cli.signals import ignore_interrupts_in_worker
+from meddiff_cli.io.limits import check_memory, harmonise_memory
+from meddiff_cli.signals import interruptible_process_pool
 
 PHANTOM_FORMAT = "meddiff-phantom"
 LOCK_NAME = ".meddiff-preprocess.lock"
@@ -97,6 +97,8 @@ def preprocess_cases(
     """
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    check_memory(harmonise_memory(settings.size, workers), f"--size {'x'.join(map(str, settings.size))} with "
+                 f"{workers} worker(s)", "use a smaller --size / fewer --workers")
     out_dir = Path(out_dir)
     found = _gather_inputs([Path(p) for p in inputs], Path(labels_dir) if labels_dir else None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,25 +189,18 @@ def _execute(jobs: list[_Job], workers: int, record: Callable[[dict[str, Any]], 
         for job in jobs:
             record(process_job(job))
         return
-    # spawn, not fork: the parent may hold torch/OpenMP threads, which fork can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=context, initializer=ignore_interrupts_in_worker
-    ) as pool:
+    # spawn workers born ignoring Ctrl-C; queued cases are cancelled on any exception (see signals.py).
+    with interruptible_process_pool(min(workers, len(jobs))) as pool:
         pending: dict[Future, _Job] = {pool.submit(process_job, job): job for job in jobs}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    job = pending.pop(future)
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool:
-                        outcome = _failure(job.case, "worker process died (out of memory?)")
-                    record(outcome)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    outcome = _failure(job.case, "worker process died (out of memory?)")
+                record(outcome)
 
 
 def process_job(job: _Job) -> dict[str, Any]:

@@ -46,8 +46,10 @@ def _quiet_ort(enabled: bool) -> Iterator[None]:
         ort.set_default_logger_severity(2)
 
 
-def create_session(path: str | Path, device: str | DeviceRequest = "cpu", cuda_stream: int | None = None):
+def create_session(path: str | Path | bytes, device: str | DeviceRequest = "cpu", cuda_stream: int | None = None):
     """An ORT session with full graph optimisation; returns (session, provider actually used).
+
+    ``path`` may be the graph's bytes, already sha256-verified (see :func:`meddiff_cli.model.store.read_verified`).
 
     ``cuda_stream`` (a ``cudaStream_t`` as int) makes ORT run on torch's stream, so IO-bound torch buffers
     are ordered with the torch ops around each call without device-wide synchronisation.
@@ -73,7 +75,8 @@ def create_session(path: str | Path, device: str | DeviceRequest = "cpu", cuda_s
         raise DeviceError(f"--device cuda: this onnxruntime build has no CUDA provider (providers: {', '.join(available)}); "
                           "install onnxruntime-gpu or use --device cpu")
     with _quiet_ort(request.kind != "cpu"):  # a failed CUDA probe is reported below, in one line
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        model = path if isinstance(path, bytes) else str(path)
+        session = ort.InferenceSession(model, options, providers=providers)
     used = session.get_providers()
     if request.kind == "cuda" and CUDA_PROVIDER not in used:
         raise DeviceError(
@@ -92,7 +95,7 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, denoiser_path: Path, decoder_path: Path, device: str, precision: str) -> None:
+    def __init__(self, denoiser_path: Path | bytes, decoder_path: Path | bytes, device: str, precision: str) -> None:
         request = parse_device(device)
         check_cuda_index(request)
         stream = None

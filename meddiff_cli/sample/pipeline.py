@@ -24,12 +24,12 @@ from filelock import FileLock
 from monai.networks.schedulers import RFlowScheduler
 
 from meddiff_cli import __version__
-from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.errors import DeviceError, ModelError, UsageError
 from meddiff_cli.export import check_precision, ensure_onnx, latent_scale, onnx_files
 from meddiff_cli.fsutil import TMP_PREFIX, atomic_write_json, remove_stale_temps
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.model.card import ModelCard
-from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_model, verify_file
+from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_model, read_verified
 from meddiff_cli.models import resolve_model
 from meddiff_cli.devices import parse_device
 from meddiff_cli.sample.backends import OnnxBackend, TorchBackend, cpu_threads
@@ -69,6 +69,7 @@ class SampleOptions:
     preview: bool = False
     overwrite: bool = False
     compile: bool = False
+    max_memory_gb: float | None = None
 
 
 @dataclass
@@ -82,6 +83,8 @@ class SampleResult:
     shard: tuple[int, int] = (0, 1)
     seconds: float = 0.0
     exported: bool = False
+    batch_size: int = 0
+    batch_reductions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         done = len(self.generated)
@@ -89,6 +92,7 @@ class SampleResult:
             "out": str(self.out), "manifest": str(self.manifest), "generated": done, "skipped": len(self.skipped),
             "shard": f"{self.shard[0]}/{self.shard[1]}", "device": self.device, "provider": self.provider,
             "exported_onnx": self.exported, "seconds": round(self.seconds, 3),
+            "batch_size": self.batch_size, "batch_size_reductions": self.batch_reductions,
             "volumes_per_s": round(done / self.seconds, 4) if self.seconds > 0 and done else None,
             "files": sorted(self.generated + self.skipped, key=lambda entry: entry["index"]),
         }
@@ -102,6 +106,7 @@ class SampleProgress:
     def batch(self, size: int, steps: int) -> None: ...
     def step(self) -> None: ...
     def volume(self, entry: dict[str, Any]) -> None: ...
+    def batch_reduced(self, old: int, new: int, reason: str) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------- seeds, shards
@@ -193,16 +198,103 @@ def make_backend(options: SampleOptions, folder: Path, card: ModelCard):
     if options.backend == "onnx":
         exported = ensure_onnx(folder, options.precision)
         card = ModelCard.load(folder)
-        paths = [folder / name for name in onnx_files(options.precision)]
-        for path, name in zip(paths, onnx_files(options.precision)):
-            verify_file(path, card.files.get(name))
-        return OnnxBackend(paths[0], paths[1], options.device, options.precision), exported, card
+        # ORT parses the very bytes whose sha256 was checked: nothing reaches InferenceSession unverified.
+        graphs = [read_verified(folder / name, card.files.get(name)) for name in onnx_files(options.precision)]
+        return OnnxBackend(graphs[0], graphs[1], options.device, options.precision), exported, card
     if options.backend == "torch":
         card, autoencoder, unet = load_model(folder)
         backend = TorchBackend(autoencoder, unet, latent_scale(card), options.device,
                                options.precision, compile=options.compile)
         return backend, False, card
     raise UsageError(f"unknown --backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+# ------------------------------------------------------------------------------------- memory limits
+
+OOM_MARKERS = ("out of memory", "failed to allocate", "can't allocate memory")
+ACTIVATION_FACTOR = 4
+"""Live full-resolution tensors per decoder conv layer (input, output, GroupNorm/residual copy, skip)."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA (or CPU allocator) OOM from torch, or ORT's RuntimeException/Fail saying it could not allocate."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    try:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
+
+        kinds: tuple[type, ...] = (RuntimeError, MemoryError, Fail, RuntimeException)
+    except ImportError:
+        kinds = (RuntimeError, MemoryError)
+    text = str(error).lower()
+    return isinstance(error, kinds) and (isinstance(error, MemoryError) or any(m in text for m in OOM_MARKERS))
+
+
+def _halve_batch(size: int, error: BaseException, result: SampleResult, progress: SampleProgress) -> int:
+    """Record an OOM and return the next batch size; batch 1 failing is a DeviceError (exit 7)."""
+    detail = " ".join(str(error).split())[:160]
+    if size <= 1:
+        raise DeviceError(f"out of memory even with --batch-size 1 ({detail}); use a GPU with more memory, "
+                          "--precision fp16 or --device cpu")
+    new = max(1, size // 2)
+    result.batch_reductions.append({"from": size, "to": new, "reason": f"out of memory: {detail}"})
+    progress.batch_reduced(size, new, "out of memory")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return new
+
+
+def estimate_volume_memory(card: ModelCard, precision: str) -> int:
+    """Rough peak bytes one volume of a batch adds while sampling (docs/reliability.md, "Resource limits").
+
+    max(decoder at full resolution: voxels x first decoder channels x ACTIVATION_FACTOR,
+        denoiser: per level latent voxels x channels x ACTIVATION_FACTOR + attention matrices tokens^2 x heads)
+    + the decoded volume twice (device output + host copy, float32). Weights are counted once, separately.
+    """
+    element = 2 if precision == "fp16" else 4
+    voxels = math.prod(int(s) for s in card.volume["shape"])
+    latent_voxels = math.prod(int(s) for s in card.latent["shape"])
+    decoder = voxels * int(card.autoencoder["channels"][0]) * ACTIVATION_FACTOR * element
+    denoiser = 0
+    channels = [int(c) for c in card.denoiser["channels"]]
+    attention = list(card.denoiser.get("attention_levels", [False] * len(channels)))
+    head_channels = int(card.denoiser.get("num_head_channels", channels[0]) or channels[0])
+    for level, width in enumerate(channels):
+        tokens = max(1, latent_voxels // 8**level)
+        size = tokens * width * ACTIVATION_FACTOR * element
+        if level < len(attention) and attention[level]:
+            size += tokens * tokens * max(1, width // head_channels) * element
+        denoiser = max(denoiser, size)
+    return max(decoder, denoiser) + 2 * voxels * 4
+
+
+def batch_size_for_memory(card: ModelCard, options: SampleOptions, pending: int, progress: SampleProgress) -> int:
+    """``--batch-size``, lowered up front so the estimated peak stays under ``--max-memory`` GB."""
+    requested = max(1, min(options.batch_size, pending))
+    if options.max_memory_gb is None:
+        return requested
+    limit = options.max_memory_gb * 1024**3
+    element = 2 if options.precision == "fp16" else 4
+    weights = sum(math.prod(int(s) for s in shape) for shape in _weight_shapes(card)) * element
+    per_volume = estimate_volume_memory(card, options.precision)
+    fits = int((limit - weights) // per_volume)
+    if fits < 1:
+        need = (weights + per_volume) / 1024**3
+        raise UsageError(f"--max-memory {options.max_memory_gb:g} GB is too small for this model: one volume "
+                         f"needs about {need:.2f} GB (estimate); raise the limit or use --precision fp16")
+    if fits < requested:
+        progress.batch_reduced(requested, fits, f"--max-memory {options.max_memory_gb:g} GB")
+        return fits
+    return requested
+
+
+def _weight_shapes(card: ModelCard) -> list[tuple[int, ...]]:
+    """Parameter shapes of both networks, built on the meta device (no memory, no weights read)."""
+    from meddiff_cli.model.networks import build_autoencoder, build_denoiser
+
+    with torch.device("meta"):
+        modules = (build_autoencoder(card), build_denoiser(card))
+    return [tuple(p.shape) for module in modules for p in module.parameters()]
 
 
 # -------------------------------------------------------------------------------------------- the run
@@ -241,13 +333,14 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
             _save_manifest(out, _load_manifest(out, run, True), run, card, used_files, options, result)
         return result
 
+    result.batch_size = batch_size_for_memory(card, options, len(pending), progress)
     backend, result.exported, card = make_backend(options, folder, card)
     result.device, result.provider = backend.device_label, backend.provider
     progress.ready(result.device, result.provider, result.exported)
     scheduler = build_scheduler(card)
     latent_shape = (int(card.latent["channels"]), *(int(s) for s in card.latent["shape"]))
     volume_shape = tuple(int(s) for s in card.volume["shape"])
-    affine = centred_ras_affine(volume_shape, card.volume["spacing"])
+    affine = centred_ras_affine(volume_shape, card.spacing(options.modality))
 
     staging = _staging_dir(out, shard)
     start = time.perf_counter()
@@ -256,12 +349,21 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
         # costs ~0.2-0.4 s, as much as sampling it on a GPU); at most one batch of writes waits behind compute.
         with ThreadPoolExecutor(max_workers=min(WRITER_THREADS, cpu_threads())) as writers:
             in_flight: list[Future] = []
-            for first in range(0, len(pending), options.batch_size):
-                indices = pending[first:first + options.batch_size]
+            batch_size, first = result.batch_size, 0
+            while first < len(pending):
+                indices = pending[first:first + batch_size]
                 progress.batch(len(indices), options.steps)
                 noise = torch.stack([initial_noise(options.seed, i, latent_shape) for i in indices])
-                latents = sample_latents(backend, scheduler, noise, class_id, options.steps, options.sampler, progress.step)
-                decoded = backend.decode(latents, volume_shape).clamp(-1.0, 1.0).cpu().numpy()
+                try:
+                    latents = sample_latents(backend, scheduler, noise, class_id, options.steps, options.sampler,
+                                             progress.step)
+                    decoded = backend.decode(latents, volume_shape).clamp(-1.0, 1.0).cpu().numpy()
+                except Exception as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    batch_size = _halve_batch(len(indices), error, result, progress)
+                    continue  # the same volumes again: their noise depends on the index only
+                first += len(indices)
                 _collect(in_flight, result, progress)
                 for position, index in enumerate(indices):
                     model_space = decoded[position, 0]
@@ -319,6 +421,8 @@ def _check_options(options: SampleOptions) -> None:
         raise UsageError(f"--steps must be between 1 and 1000, got {options.steps}")
     if options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.max_memory_gb is not None and not options.max_memory_gb > 0:
+        raise UsageError(f"--max-memory must be a positive number of GB, got {options.max_memory_gb}")
     if options.sampler not in SAMPLERS:
         raise UsageError(f"unknown --sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if options.backend not in BACKENDS:
@@ -439,14 +543,15 @@ def _save_manifest(out: Path, manifest: dict[str, Any], run: dict[str, Any], car
             "files": {name: card.files.get(name) for name in used_files},
             "weights": {name: card.files[name] for name in (AUTOENCODER_FILE, DENOISER_FILE) if name in card.files},
         },
+        "batch_size_reductions": result.batch_reductions or manifest.get("batch_size_reductions", []),
         "device": result.device or manifest.get("device", ""),
         "provider": result.provider or manifest.get("provider", ""),
         "seed_rule": "volume i: torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed_i)) on CPU, "
                      "seed_i = 63-bit numpy SeedSequence([seed, i]) (see docs/formats.md)",
         "volume": {
             "shape": volume_shape,
-            "spacing": [float(s) for s in card.volume["spacing"]],
-            "affine_ras": centred_ras_affine(volume_shape, card.volume["spacing"]).tolist(),
+            "spacing": card.spacing(options.modality),
+            "affine_ras": centred_ras_affine(volume_shape, card.spacing(options.modality)).tolist(),
             "unit": card.intensity.get(options.modality, {}).get("unit", ""),
             "dtype": "int16" if options.modality == "ct" and options.file_format == "nifti" else "float32",
         },

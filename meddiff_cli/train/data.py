@@ -39,7 +39,7 @@ class TrainingData:
 
     modalities: list[str]
     size: list[int]
-    spacing: list[float]
+    spacing: dict[str, list[float]]  # per modality label: the grid is shared, the field of view need not be
     intensity: dict[str, dict[str, Any]]
     train: list[Case]
     val: list[Case]
@@ -72,15 +72,15 @@ def load_training_data(
     """Read and validate DATA folders; split each modality's cases into train/validation.
 
     ``modalities`` (optional, one per folder) renames the class label of each folder; several folders may
-    share a label when their intensity mapping agrees. All volumes must share one size and spacing that
-    the network pyramid can halve ``divisor`` times.
+    share a label when their intensity mapping agrees. All volumes must share one size that the network
+    pyramid can halve ``divisor`` times; spacing must agree within a modality label.
     """
     if not folders:
         raise UsageError("give at least one DATA folder (a `meddiff preprocess` output)")
     if modalities and len(modalities) not in (1, len(folders)):
         raise UsageError(f"--modality given {len(modalities)} times for {len(folders)} DATA folders; give it once per folder")
     size: list[int] | None = None
-    spacing: list[float] | None = None
+    spacing: dict[str, list[float]] = {}
     labels: list[str] = []
     intensity: dict[str, dict[str, Any]] = {}
     per_label: dict[str, list[Path]] = {}
@@ -100,13 +100,15 @@ def load_training_data(
         if label not in labels:
             labels.append(label)
         if size is None:
-            size, spacing = [int(v) for v in manifest["size"]], [float(v) for v in manifest["spacing"]]
+            size = [int(v) for v in manifest["size"]]
         elif [int(v) for v in manifest["size"]] != size:
             raise BadInputError(f"volume size {manifest['size']} differs from {size} in {folders[0]}; "
                                 "preprocess every DATA folder with the same --size", manifest_path)
-        elif not np.allclose(manifest["spacing"], spacing, rtol=1e-4):
-            raise BadInputError(f"spacing {manifest['spacing']} differs from {spacing} in {folders[0]}; "
-                                "preprocess every DATA folder with the same --spacing", manifest_path)
+        if label not in spacing:
+            spacing[label] = [float(v) for v in manifest["spacing"]]
+        elif not np.allclose(manifest["spacing"], spacing[label], rtol=1e-4):
+            raise BadInputError(f"spacing {manifest['spacing']} differs from {spacing[label]} of another {label!r} "
+                                "folder; preprocess every folder of one modality with the same --spacing", manifest_path)
         bad_sides = [side for side in size if side % divisor]
         if bad_sides:
             raise BadInputError(f"volume size {size} is not a multiple of {divisor} on every axis, which this model's "
@@ -118,7 +120,7 @@ def load_training_data(
             image = folder / case["image"]
             _check_image_header(image, size, f"cases[{index}]")
             per_label.setdefault(label, []).append(image)
-    assert size is not None and spacing is not None
+    assert size is not None
     train, val = _split(labels, per_label, val_fraction, seed)
     return TrainingData(labels, size, spacing, intensity, train, val)
 
@@ -171,13 +173,26 @@ def augment(array: np.ndarray, rng: np.random.Generator, jitter: float, flip_lr:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-class VolumeDataset(Dataset):
-    """Items are addressed by ``(case index, augmentation seed)`` so workers need no shared RNG state."""
+def random_crop(array: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    """A random cube of ``side`` voxels (the whole array when ``side`` is 0 or not smaller)."""
+    if side <= 0 or all(side >= s for s in array.shape):
+        return array
+    corner = [int(rng.integers(0, max(s - side, 0) + 1)) for s in array.shape]
+    return array[tuple(slice(c, c + side) for c in corner)]
 
-    def __init__(self, cases: list[Case], jitter: float, flip_lr: bool) -> None:
+
+class VolumeDataset(Dataset):
+    """Items are addressed by ``(case index, augmentation seed)`` so workers need no shared RNG state.
+
+    ``patch_size`` > 0 crops random cubes: the autoencoder is fully convolutional, so patch training makes
+    stage 1 cheap (8x fewer voxels at half the side) while it still encodes whole volumes afterwards.
+    """
+
+    def __init__(self, cases: list[Case], jitter: float, flip_lr: bool, patch_size: int = 0) -> None:
         self.cases = cases
         self.jitter = jitter
         self.flip_lr = flip_lr
+        self.patch_size = patch_size
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -185,7 +200,8 @@ class VolumeDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, aug_seed = key
         case = self.cases[index]
-        array = augment(read_case(case), np.random.default_rng(aug_seed), self.jitter, self.flip_lr)
+        rng = np.random.default_rng(aug_seed)
+        array = augment(random_crop(read_case(case), self.patch_size, rng), rng, self.jitter, self.flip_lr)
         return torch.from_numpy(array)[None], case.class_id
 
 

@@ -158,7 +158,8 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], sections:
 def _new_card(options: TrainOptions, data: TrainingData, preset: dict[str, Any]) -> ModelCard:
     card = ModelCard(
         name=options.name, preset=options.preset, modalities=data.modalities,
-        volume={"shape": data.size, "spacing": data.spacing}, intensity=data.intensity,
+        volume={"shape": data.size, "spacing": data.spacing[data.modalities[0]],
+                "spacing_by_modality": data.spacing}, intensity=data.intensity,
         autoencoder=preset["autoencoder"], denoiser=preset["denoiser"], objective="rectified_flow",
         sampling=dict(SAMPLING_CONVENTION),
     )
@@ -337,7 +338,8 @@ def _set_lr(optimizers: list[torch.optim.Optimizer], config: dict[str, Any], ste
 
 
 def _loader(run: _Run, stage: str, start: int, total: int) -> DataLoader:
-    dataset = VolumeDataset(run.data.train, float(run.config["intensity_jitter"]), bool(run.config["flip_lr"]))
+    patch = int(run.config.get("ae_patch_size", 0)) if stage == "autoencoder" else 0
+    dataset = VolumeDataset(run.data.train, float(run.config["intensity_jitter"]), bool(run.config["flip_lr"]), patch)
     sampler = StepBatchSampler(len(run.data.train), int(run.config["batch_size"]), int(run.card.training["seed"]),
                                STAGE_CODES[stage], start, total, run.dist.rank, run.dist.world_size)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=run.options.workers,
