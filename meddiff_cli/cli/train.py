@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import info, print_json, progress_bar
+from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
 from meddiff_cli.errors import UsageError
 from meddiff_cli.train import Reporter, TrainOptions, train_model
 from meddiff_cli.train.distributed import launched_by_torchrun
@@ -99,6 +99,7 @@ def train_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: MEDDIFF_HOME or the user cache)."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or messages on stderr."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     if workers < 0:
         raise UsageError("--workers must be 0 or more")
@@ -115,6 +116,7 @@ def train_command(
     )
     is_worker = launched_by_torchrun() and int(os.environ.get("RANK", "0")) != 0
     quiet = quiet or is_worker
+    show_settings(verbose, quiet)  # rank 0 only under torchrun
     with progress_bar(quiet) as progress:
         result = train_model(options, ProgressReporter(progress, quiet))
     if is_worker:

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from meddiff_cli.errors import DeviceError
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -44,30 +42,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto|cpu|cuda|cuda:N``; under torchrun, ``auto``/``cuda`` mean this process's local GPU."""
-    spec = spec.strip().lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {spec}: no CUDA GPU is available to this torch build; use --device cpu")
-        if spec == "cuda":
-            index = int(os.environ.get("LOCAL_RANK", "0")) if launched_by_torchrun() else 0
-        else:
-            try:
-                index = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise DeviceError(f"--device {spec}: expected cuda:N") from None
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    raise DeviceError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
 
 
 def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:

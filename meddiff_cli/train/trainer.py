@@ -37,6 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from meddiff_cli.cache import models_dir
+from meddiff_cli.devices import describe_device, resolve_device
 from meddiff_cli.errors import MeddiffError, ModelError, UsageError
 from meddiff_cli.fsutil import remove_stale_temps
 from meddiff_cli.model.card import CARD_FILE, ModelCard, preset_config
@@ -196,7 +197,7 @@ def _prepare(options: TrainOptions, reporter: Reporter) -> _Run:
                          ("--diffusion-steps", options.diffusion_steps)):
         if value is not None and value < 1:
             raise UsageError(f"{label} must be at least 1")
-    device = ddp.resolve_device(options.device)
+    device = resolve_device(options.device)  # the shared --device rules (meddiff_cli.devices)
     info = ddp.init_distributed(device)
     folder = models_dir(options.cache_dir) / options.name
     exists = (folder / CARD_FILE).is_file()
@@ -255,6 +256,8 @@ def _prepare(options: TrainOptions, reporter: Reporter) -> _Run:
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(folder)
         remove_stale_temps(folder / PREVIEW_DIR)
+    ranks = f" x {info.world_size} ranks" if info.world_size > 1 else ""
+    reporter.message(f"running on {describe_device(device)}{ranks}")  # after the data checks: errors stay one line
     return _Run(options, card, config, data, folder, device, info, reporter, checkpoint)
 
 
