@@ -262,3 +262,17 @@ def test_cuda_onnx_with_io_binding_matches_cpu_torch(tiny_model, tmp_path, preci
     _sample(tmp_path / "cpu", count=2, backend="torch")
     for index, array in _arrays(tmp_path / "cpu").items():
         np.testing.assert_allclose(_arrays(tmp_path / "gpu")[index], array, atol=tolerance_hu)
+
+
+def test_each_modality_gets_its_own_spacing(tiny_model, tmp_path):
+    """One network, two fields of view: the card's spacing_by_modality sets each output's affine."""
+    import nibabel as nib
+
+    card_path = tiny_model / "model.json"
+    card = json.loads(card_path.read_text())
+    card["volume"]["spacing_by_modality"] = {"ct": [2.0, 2.0, 2.0], "mri": [3.0, 3.0, 3.0]}
+    card_path.write_text(json.dumps(card))
+    _sample(tmp_path / "ct", count=1, file_format="nifti")
+    _sample(tmp_path / "mri", count=1, file_format="nifti", modality="mri")
+    assert np.allclose(nib.load(tmp_path / "ct" / "synth_ct_0000.nii.gz").header.get_zooms(), 2.0)
+    assert np.allclose(nib.load(tmp_path / "mri" / "synth_mri_0000.nii.gz").header.get_zooms(), 3.0)

@@ -52,7 +52,7 @@ def ct_data(tmp_path_factory) -> Path:
 def trained(tmp_path_factory, ct_data) -> tuple[Path, Path, Recorder]:
     """One model trained through both stages, shared by the read-only tests below."""
     root = tmp_path_factory.mktemp("trained")
-    mri = make_data(root / "mri", "mri", cases=3, size=16, seed=5)
+    mri = make_data(root / "mri", "mri", cases=3, size=16, seed=5, spacing=3.0)  # one grid, another field of view
     recorder = Recorder()
     result = train_model(options([ct_data, mri], root / "cache", ae_steps=3, diffusion_steps=3,
                                  overrides={**FAST, "train.val_every": 3, "train.preview_every": 3}), recorder)
@@ -105,8 +105,9 @@ def test_model_card_round_trips_and_holds_no_paths(trained):
     card = ModelCard.load(folder)
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
     assert card.modalities == ["ct", "mri"]
-    assert card.volume == {"shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0], "spacing_by_modality": {"ct": [2.0, 2.0, 2.0]}}
-    assert card.spacing("ct") == [2.0, 2.0, 2.0]
+    assert card.volume == {"shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0],
+                           "spacing_by_modality": {"ct": [2.0, 2.0, 2.0], "mri": [3.0, 3.0, 3.0]}}
+    assert card.spacing("ct") == [2.0, 2.0, 2.0] and card.spacing("mri") == [3.0, 3.0, 3.0]
     assert card.intensity["ct"] == {"kind": "ct_window", "window": [-1000, 1000], "unit": "HU"}
     assert card.intensity["mri"]["unit"] == "a.u." and card.intensity["mri"]["output_range"] == [0, 1000]
     assert card.training["cases"] == {"ct": {"train": 3, "val": 1}, "mri": {"train": 2, "val": 1}}

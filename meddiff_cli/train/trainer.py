@@ -356,6 +356,18 @@ def _worker_ignores_interrupts(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+@contextmanager
+def _workers_shut_down(batches: Any) -> Iterator[None]:
+    """Stop DataLoader workers however the loop ends. They ignore SIGTERM (see above), so a worker left
+    alive by an exception (whose traceback keeps the iterator referenced) would hang interpreter exit."""
+    try:
+        yield
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def _validation_volumes(run: _Run) -> list[tuple[torch.Tensor, int]]:
     return [(torch.from_numpy(read_case(case))[None, None], case.class_id) for case in run.data.val[:MAX_VAL_CASES]]
 
@@ -409,8 +421,9 @@ def _loop(run: _Run, stage: str, start: int, total: int, step_fn: Any, at_step_e
     if run.dist.is_main:
         run.reporter.stage_started(stage, start, total)
     done = start
-    with _sigint_stops(run), _clean_worker_errors():
-        for step, (images, class_ids) in zip(range(start, total), _loader(run, stage, start, total)):
+    batches = iter(_loader(run, stage, start, total))
+    with _sigint_stops(run), _clean_worker_errors(), _workers_shut_down(batches):
+        for step, (images, class_ids) in zip(range(start, total), batches):
             torch.manual_seed(step_seed(int(run.card.training["seed"]), STAGE_CODES[stage], step, run.dist.rank))
             losses = step_fn(step, images.to(run.device, non_blocking=True), class_ids.to(run.device))
             done = step + 1
