@@ -184,3 +184,16 @@ def test_separate_stage_invocations_continue_the_same_model(tmp_path, ct_data):
     assert second.card.training["steps"] == {"autoencoder": 2, "diffusion": 2}
     assert store.load_model(second.folder)[0].latent["scale_factor"] > 0
     assert (second.folder / CHECKPOINT_DIR / "state.json").is_file()
+
+
+def test_autoencoder_patches_are_crops_of_the_volume():
+    """ae_patch_size: a random cube taken from the volume itself (same voxels), reproducible from its seed."""
+    from meddiff_cli.train.data import random_crop
+
+    volume = np.arange(16 * 12 * 8, dtype=np.float32).reshape(16, 12, 8)
+    patch = random_crop(volume, 8, np.random.default_rng(3))
+    assert patch.shape == (8, 8, 8)
+    i, j, k = (int(np.argwhere(volume == patch[0, 0, 0])[0][a]) for a in range(3))
+    assert np.array_equal(volume[i:i + 8, j:j + 8, k:k + 8], patch)
+    assert np.array_equal(random_crop(volume, 8, np.random.default_rng(3)), patch)
+    assert random_crop(volume, 0, np.random.default_rng(3)) is volume
