@@ -25,7 +25,7 @@ def test_resolve_by_name_and_by_path(tiny_model, tmp_path):
     assert resolve_model("tiny") == tiny_model
     assert resolve_model(str(tiny_model)) == tiny_model
     with pytest.raises(ModelError, match="meddiff train"):
-        resolve_model(None)  # the default model is not in this empty cache
+        resolve_model("no-such-model")  # neither in this empty cache nor bundled
     with pytest.raises(ModelError, match="no model.json"):
         resolve_model(str(tmp_path))
     with pytest.raises(UsageError, match="invalid model name"):
@@ -115,3 +115,15 @@ def test_model_lock_excludes_other_holders(tiny_model):
         thread.join()
     with model_lock(tiny_model, timeout=1):
         pass
+
+
+def test_bundled_default_is_copied_into_the_cache_verified_on_first_use(isolated_cache):
+    """The package's default model resolves to a cache copy whose every file matches the card's sha256."""
+    from meddiff_cli.models import BUNDLED_DIR, verify_model
+
+    if not (BUNDLED_DIR / "default" / "model.json").is_file():
+        pytest.skip("no bundled default model in this checkout")
+    folder = resolve_model(None)
+    assert folder == isolated_cache / "models" / "default"
+    assert verify_model(folder) == {name: "ok" for name in ModelCard.load(BUNDLED_DIR / "default").files}
+    assert resolve_model("default") == folder  # second use: the cache copy, no new import

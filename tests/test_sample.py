@@ -219,8 +219,9 @@ def test_device_cuda_without_cuda_exits_7(tiny_model, tmp_path, run_meddiff, bac
 
 
 def test_missing_model_and_wrong_modality_exit_6(tmp_path, run_meddiff):
-    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path / "o")
-    assert code == 6 and "default" in _flat(err) and "meddiff train" in _flat(err)
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path / "o",
+                               "--model", "not-trained-yet")
+    assert code == 6 and "not-trained-yet" in _flat(err) and "meddiff train" in _flat(err)
     folder = save_random_tiny_model(Path(os.environ["MEDDIFF_HOME"]) / "models" / "ctonly")
     card = ModelCard.load(folder)
     card.modalities = ["ct"]
