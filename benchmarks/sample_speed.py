@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from meddiff_cli.export import ensure_onnx, latent_scale, onnx_files
+from meddiff_cli.export import ensure_onnx, onnx_files
+from meddiff_cli.model.card import latent_normalization
 from meddiff_cli.model.card import ModelCard, preset_config
 from meddiff_cli.model.networks import DenoiserForExport, build_autoencoder, build_denoiser
 from meddiff_cli.model.store import load_model, save_model
@@ -108,7 +109,7 @@ def main() -> int:
         folder = resolve_model(args.model) if args.model else random_model(Path(scratch) / "model", args.preset, args.latent)
         card, autoencoder, unet = load_model(folder)
         flops = denoiser_flops(unet, card)
-        scale = latent_scale(card)
+        scale = latent_normalization(card)
         print(f"model {card.name}: latent {card.latent['channels']}x{'x'.join(map(str, card.latent['shape']))}, "
               f"volume {'x'.join(map(str, card.volume['shape']))}, denoiser "
               f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params, {flops / 1e9:.3f} GFLOP/step/volume; "

@@ -72,6 +72,21 @@ def resolve_device(text: str | DeviceRequest | None) -> torch.device:
     return torch.device("cuda", request.cuda_index)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AMX or AVX512-BF16): there bf16 autocast is ~2.5x faster
+    than fp32 for the 3D convolutions; elsewhere torch emulates bf16 and it is slower. Linux reads
+    /proc/cpuinfo; other systems answer False (fp32 is always correct)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def describe_device(device: torch.device | str) -> str:
     """Human label for the 'running on …' line: the GPU's name, or the CPU threads torch uses."""
     device = torch.device(device)

@@ -26,7 +26,7 @@ import torch
 
 from meddiff_cli.errors import ModelError, UsageError
 from meddiff_cli.fsutil import atomic_path, sha256_file
-from meddiff_cli.model.card import CARD_FILE, ModelCard
+from meddiff_cli.model.card import CARD_FILE, ModelCard, latent_normalization
 from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport
 from meddiff_cli.model.store import load_model
 from meddiff_cli.models import model_lock
@@ -47,15 +47,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     return precision
-
-
-def latent_scale(card: ModelCard) -> float:
-    """The card's latent scale factor; unset means the diffusion stage never ran, so there is nothing to sample."""
-    value = card.latent.get("scale_factor")
-    if value is None or not card.latent.get("shape"):
-        raise ModelError(f"model {card.name!r} has no trained denoiser yet (latent scale factor unset): "
-                         "run `meddiff train` through the diffusion stage first")
-    return float(value)
 
 
 def has_onnx(card: ModelCard, folder: Path, precision: str) -> bool:
@@ -114,7 +105,7 @@ def _export_locked(model_folder: Path, target: Path, precision: str, opset: int,
                    copy_card: bool) -> ExportResult:
     card, autoencoder, unet = load_model(model_folder)
     denoiser = DenoiserForExport(unet).eval()
-    decoder = DecoderForExport(autoencoder, latent_scale(card)).eval()
+    decoder = DecoderForExport(autoencoder, *latent_normalization(card)).eval()
     generator = torch.Generator().manual_seed(seed)
     export_inputs = _random_inputs(card, batch=2, generator=generator)
     check_inputs = _random_inputs(card, batch=3, generator=generator)  # another batch size: dynamic axis works

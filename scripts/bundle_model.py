@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from meddiff_cli.fsutil import sha256_file
-from meddiff_cli.model.card import ModelCard
+from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_state_dict, save_state_dict
 from meddiff_cli.models import verify_model
 
@@ -26,7 +26,8 @@ def main() -> None:
     args = parser.parse_args()
 
     card = ModelCard.load(args.source)
-    if not card.latent.get("scale_factor") or int(card.training["steps"]["diffusion"]) == 0:
+    latent_normalization(card)  # refuses a model without a trained denoiser
+    if int(card.training["steps"]["diffusion"]) == 0:
         raise SystemExit("refusing to bundle a model whose diffusion stage has not been trained")
     if args.target.exists():
         shutil.rmtree(args.target)

@@ -44,7 +44,7 @@ def make_tiny_card(name: str = "tiny"):
         autoencoder=preset["autoencoder"], denoiser=preset["denoiser"],
         scheduler={"num_train_timesteps": 1000, "use_discrete_timesteps": False, "sample_method": "uniform",
                    "use_timestep_transform": False},
-        latent={"channels": 4, "shape": [8, 8, 8], "scale_factor": 1.0},
+        latent={"channels": 4, "shape": [8, 8, 8], "shift": [0.1, -0.2, 0.3, 0.0], "scale": [1.5, 0.8, 1.0, 2.0]},
     )
 
 

@@ -13,8 +13,8 @@ from conftest import make_tiny_card
 from meddiff_cli.errors import ModelError
 from meddiff_cli.export import export_model, onnx_files
 from meddiff_cli.fsutil import sha256_file
-from meddiff_cli.model.card import ModelCard
-from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport, build_autoencoder, build_denoiser
+from meddiff_cli.model.card import ModelCard, latent_normalization
+from meddiff_cli.model.networks import DenoiserForExport, build_autoencoder, build_denoiser
 from meddiff_cli.model.store import load_model, save_model
 
 
@@ -49,7 +49,8 @@ def test_fp32_graphs_match_torch_on_unseen_inputs(tiny_model):
     session = ort.InferenceSession(str(tiny_model / decoder_file), providers=["CPUExecutionProvider"])
     volume = session.run(None, {"latent": latent[:2].numpy()})[0]
     with torch.no_grad():
-        expected = DecoderForExport(autoencoder, 1.0)(latent[:2]).numpy()
+        shift, scale = (torch.tensor(v).view(1, -1, 1, 1, 1) for v in latent_normalization(ModelCard.load(tiny_model)))
+        expected = autoencoder.decode(latent[:2] / scale + shift).clamp(-1, 1).numpy()  # per-channel un-normalisation in the graph
     assert volume.shape == (2, 1, 32, 32, 32)
     assert _relative_error(volume, expected) < 1e-3
 

@@ -42,7 +42,7 @@ def _arrays(out: Path, modality: str = "ct") -> dict[int, np.ndarray]:
 def test_euler_loop_integrates_velocity_from_noise_to_data(tiny_model):
     """The pipeline's loop equals a hand-written Euler integration of dx/dt = v from t=T to 0 (MONAI convention)."""
     card, autoencoder, unet = load_model(tiny_model)
-    backend = TorchBackend(autoencoder, unet, 1.0, "cpu", "fp32")
+    backend = TorchBackend(autoencoder, unet, ([0.0] * 4, [1.0] * 4), "cpu", "fp32")
     noise = torch.stack([initial_noise(7, i, (4, 8, 8, 8)) for i in range(2)])
     result = sample_latents(backend, build_scheduler(card), noise, class_id=1, steps=STEPS)
     x = noise.clone()
@@ -228,7 +228,7 @@ def test_missing_model_and_wrong_modality_exit_6(tmp_path, run_meddiff):
     card.save(folder)
     with pytest.raises(ModelError, match="not 'mri'"):
         _sample(tmp_path / "o", model="ctonly", modality="mri")
-    card.latent["scale_factor"] = None  # autoencoder stage only: no denoiser to sample with
+    card.latent["scale"] = None  # autoencoder stage only: no denoiser to sample with
     card.save(folder)
     with pytest.raises(ModelError, match="no trained denoiser"):
         _sample(tmp_path / "o", model="ctonly")

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_support import make_data  # noqa: E402
 
 # Small and quick: 16^3 volumes (the tiny pyramid needs multiples of 16), no periodic previews/validation.
-FAST = {"train.val_every": 1000, "train.preview_every": 1000, "train.checkpoint_every": 1000,
+# fp32: bf16 autocast on CPU (oneDNN AMX kernels) is not bit-deterministic, and these tests check bit-for-bit resume.
+FAST = {"train.mixed_precision": "none", "train.val_every": 1000, "train.preview_every": 1000, "train.checkpoint_every": 1000,
         "train.adv_warmup_steps": 2, "train.adv_ramp_steps": 2, "train.warmup_steps": 1}
 
 
@@ -112,7 +113,8 @@ def test_model_card_round_trips_and_holds_no_paths(trained):
     assert card.intensity["mri"]["unit"] == "a.u." and card.intensity["mri"]["output_range"] == [0, 1000]
     assert card.training["cases"] == {"ct": {"train": 3, "val": 1}, "mri": {"train": 2, "val": 1}}
     assert card.training["steps"] == {"autoencoder": 3, "diffusion": 3}
-    assert card.latent["channels"] == 4 and card.latent["shape"] == [4, 4, 4] and card.latent["scale_factor"] > 0
+    assert card.latent["channels"] == 4 and card.latent["shape"] == [4, 4, 4]
+    assert len(card.latent["shift"]) == 4 and all(s > 0 for s in card.latent["scale"])
     assert card.sampling["velocity"] == "x0 - noise"
     assert {"autoencoder_val_l1", "autoencoder_val_psnr_db", "diffusion_val_loss"} <= card.metrics.keys()
     text = (folder / "model.json").read_text()
@@ -179,10 +181,10 @@ def test_existing_model_needs_resume_and_diffusion_needs_autoencoder(trained, ct
 def test_separate_stage_invocations_continue_the_same_model(tmp_path, ct_data):
     first = train_model(options([ct_data], tmp_path, stage="autoencoder", steps=2))
     assert first.card.training["steps"] == {"autoencoder": 2, "diffusion": 0}
-    assert first.card.latent["scale_factor"] is None
+    assert first.card.latent["scale"] is None
     second = train_model(options([ct_data], tmp_path, stage="diffusion", steps=2))
     assert second.card.training["steps"] == {"autoencoder": 2, "diffusion": 2}
-    assert store.load_model(second.folder)[0].latent["scale_factor"] > 0
+    assert all(s > 0 for s in store.load_model(second.folder)[0].latent["scale"])
     assert (second.folder / CHECKPOINT_DIR / "state.json").is_file()
 
 
@@ -197,3 +199,35 @@ def test_autoencoder_patches_are_crops_of_the_volume():
     assert np.array_equal(volume[i:i + 8, j:j + 8, k:k + 8], patch)
     assert np.array_equal(random_crop(volume, 8, np.random.default_rng(3)), patch)
     assert random_crop(volume, 0, np.random.default_rng(3)) is volume
+
+
+def test_latents_are_standardised_per_channel_and_the_decoder_inverts_it(trained, ct_data):
+    """(z - shift) * scale of the training latents has mean 0 and std 1 in every channel (not just overall),
+    and DecoderForExport decodes a normalised latent exactly as the autoencoder decodes the raw one."""
+    from meddiff_cli.model.card import latent_normalization
+    from meddiff_cli.model.networks import DecoderForExport
+    from meddiff_cli.train.data import load_training_data, read_case
+
+    folder, root, _ = trained
+    card, autoencoder, _ = store.load_model(folder)
+    data = load_training_data([ct_data, root / "mri"], None, 16, 0.1, int(card.training["seed"]))
+    with torch.no_grad():
+        raw = torch.cat([autoencoder.encode(torch.from_numpy(read_case(c))[None, None])[0] for c in data.train])
+    shift, scale = (torch.tensor(v).view(1, -1, 1, 1, 1) for v in latent_normalization(card))
+    normalised = (raw - shift) * scale
+    per_channel = normalised.transpose(0, 1).reshape(4, -1)
+    assert torch.allclose(per_channel.mean(dim=1), torch.zeros(4), atol=1e-3)
+    assert torch.allclose(per_channel.std(dim=1), torch.ones(4), atol=1e-3)
+    with torch.no_grad():
+        decoded = DecoderForExport(autoencoder, *latent_normalization(card))(normalised[:1])
+        expected = autoencoder.decode(raw[:1]).clamp(-1, 1)
+    assert torch.allclose(decoded, expected, atol=1e-5)
+
+
+def test_mixed_precision_modes():
+    from meddiff_cli.train.trainer import training_amp_dtype
+
+    cpu = torch.device("cpu")
+    assert training_amp_dtype(cpu, "none") is None and training_amp_dtype(cpu, "bf16") is torch.bfloat16
+    with pytest.raises(UsageError, match="mixed_precision"):
+        training_amp_dtype(cpu, "fp8")

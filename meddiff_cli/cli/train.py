@@ -18,22 +18,32 @@ from meddiff_cli.train.distributed import launched_by_torchrun
 
 
 class ProgressReporter(Reporter):
-    """One rich progress task per stage, showing the latest losses and the step rate."""
+    """One rich progress task per stage on a terminal; elsewhere (a log file, a cluster job) one plain line at
+    most every ``LOG_INTERVAL_S`` seconds: step, losses, it/s and ETA."""
+
+    LOG_INTERVAL_S = 30.0
 
     def __init__(self, progress: Any, quiet: bool) -> None:
         self.progress, self.quiet = progress, quiet
         self.tasks: dict[str, Any] = {}
         self.started: dict[str, tuple[float, int]] = {}
+        self.last_line = 0.0
 
     def stage_started(self, stage: str, start_step: int, total_steps: int) -> None:
         self.tasks[stage] = self.progress.add_task(stage, total=total_steps, completed=start_step, status="")
         self.started[stage] = (time.monotonic(), start_step)
+        self.last_line = time.monotonic()
 
     def step_done(self, stage: str, step: int, total_steps: int, losses: dict[str, float]) -> None:
         began, first = self.started[stage]
-        rate = (step - first) / max(time.monotonic() - began, 1e-9)
+        now = time.monotonic()
+        rate = (step - first) / max(now - began, 1e-9)
         status = " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" {rate:.2f} it/s"
         self.progress.update(self.tasks[stage], completed=step, status=status)
+        if self.progress.disable and (now - self.last_line >= self.LOG_INTERVAL_S or step == total_steps):
+            self.last_line = now
+            eta = (total_steps - step) / rate if rate > 0 else float("nan")
+            info(f"{stage} step {step}/{total_steps}: {status}, ETA {_duration(eta)}", self.quiet)
 
     def validated(self, stage: str, step: int, total_steps: int, metrics: dict[str, float]) -> None:
         """A log line per validation, so runs whose stderr is a file (clusters) still show progress."""
@@ -42,6 +52,14 @@ class ProgressReporter(Reporter):
 
     def message(self, text: str) -> None:
         info(text, self.quiet)
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no rate yet
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _parse_set(values: list[str]) -> dict[str, Any]:

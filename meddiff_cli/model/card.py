@@ -30,6 +30,9 @@ _COMMON_TRAIN: dict[str, Any] = {
     "val_fraction": 0.1,  # of each modality's cases, at least 1 held out for validation
     "ae_patch_size": 0,  # >0: the autoencoder trains on random cubic crops of this side (it is fully convolutional)
     "preview_sampling_steps": 10,  # Euler steps for the decoded-sample preview PNGs
+    "mixed_precision": "auto",  # auto: bf16 autocast on bf16-capable GPUs and on CPUs with AMX/AVX512-BF16; or bf16/none
+    "latent_norm": "channel",  # channel: standardise each latent channel (shift + scale); global: one scale factor
+    "latent_cache": True,  # stage 2 encodes every training case once (posterior mean) instead of every step
 }
 
 # Network widths per preset. Volume shape and spacing come from the training data, not the preset.
@@ -94,6 +97,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def latent_normalization(card: ModelCard) -> tuple[list[float], list[float]]:
+    """Per-channel ``(shift, scale)`` of the diffusion latents: the denoiser sees ``(z - shift) * scale``.
+
+    Unset means the diffusion stage never ran, so there is nothing to sample."""
+    latent = card.latent
+    channels = int(latent.get("channels") or 0)
+    if latent.get("scale") is not None and latent.get("shift") is not None:
+        return [float(v) for v in latent["shift"]], [float(v) for v in latent["scale"]]
+    if latent.get("scale_factor") is not None and channels:
+        return [0.0] * channels, [float(latent["scale_factor"])] * channels
+    raise ModelError(f"model {card.name!r} has no trained denoiser yet (latent normalisation unset): "
+                     "run `meddiff train` through the diffusion stage first")
+
+
 def preset_config(name: str) -> dict[str, Any]:
     """A deep copy of a named preset (so callers can override fields freely)."""
     if name not in PRESETS:
@@ -114,8 +131,9 @@ class ModelCard:
       ``{"mri": {"kind": "percentile", "unit": "a.u.", "output_range": [0, 1000]}}``.
     * ``autoencoder`` / ``denoiser``: keyword arguments of the MONAI networks (see networks.py).
     * ``objective``: ``"rectified_flow"`` (velocity prediction, Euler sampling); ``scheduler`` its settings.
-    * ``latent``: ``{"channels": C, "shape": [x, y, z], "scale_factor": s}`` — latents are multiplied by
-      ``scale_factor`` (≈ 1/std) before diffusion and divided by it before decoding.
+    * ``latent``: ``{"channels": C, "shape": [x, y, z], "shift": [C], "scale": [C]}`` — the denoiser works on
+      ``(z - shift) * scale`` per channel (training latents standardised to mean 0, std 1), decoding inverts it.
+      Older cards hold one ``"scale_factor": s`` instead (shift 0, the same scale for every channel).
     * ``training``: counts, steps, seeds and settings — never paths or identifiers.
     * ``sampling``: the rectified-flow convention the denoiser was trained with (velocity definition,
       time direction, class labels, output clipping, a sensible default step count) — see docs/model.md.

@@ -73,17 +73,19 @@ class DenoiserForExport(torch.nn.Module):
 
 
 class DecoderForExport(torch.nn.Module):
-    """Scaled latent -> volume in model intensity space [-1, 1] (un-scaling included).
+    """Normalised latent -> volume in model intensity space [-1, 1] (the card's per-channel
+    ``(z - shift) * scale`` undone first).
 
     The output is clipped to [-1, 1]: the decoder is linear at the output, and a latent slightly off the
     training manifold can overshoot into isolated bright voxels ("bright dots"); clipping bounds them to
     the window/percentile range the intensity mapping was built for.
     """
 
-    def __init__(self, autoencoder: AutoencoderKL, scale_factor: float) -> None:
+    def __init__(self, autoencoder: AutoencoderKL, shift: list[float], scale: list[float]) -> None:
         super().__init__()
         self.autoencoder = autoencoder
-        self.scale_factor = float(scale_factor)
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1, 1))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1, 1))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(latent / self.scale_factor).clamp(-1.0, 1.0)
+        return self.autoencoder.decode(latent / self.scale + self.shift).clamp(-1.0, 1.0)

@@ -139,7 +139,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, autoencoder: torch.nn.Module, unet: torch.nn.Module, scale_factor: float, device: str,
+    def __init__(self, autoencoder: torch.nn.Module, unet: torch.nn.Module, latent_norm: tuple[list[float], list[float]], device: str,
                  precision: str, compile: bool = False) -> None:
         from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport
 
@@ -151,7 +151,7 @@ class TorchBackend:
         self.torch_device = torch.device("cuda", request.cuda_index) if cuda and request.wants_cuda else torch.device("cpu")
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.denoiser = DenoiserForExport(unet).to(self.torch_device, self.dtype).eval()
-        self.decoder = DecoderForExport(autoencoder, scale_factor).to(self.torch_device, self.dtype).eval()
+        self.decoder = DecoderForExport(autoencoder, *latent_norm).to(self.torch_device, self.dtype).eval()
         if compile and self.torch_device.type == "cuda":
             self.denoiser = torch.compile(self.denoiser)
         self.provider = f"torch-{self.torch_device.type}" + ("-compile" if compile and cuda else "")

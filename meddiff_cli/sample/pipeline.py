@@ -25,10 +25,10 @@ from monai.networks.schedulers import RFlowScheduler
 
 from meddiff_cli import __version__
 from meddiff_cli.errors import DeviceError, ModelError, UsageError
-from meddiff_cli.export import check_precision, ensure_onnx, latent_scale, onnx_files
+from meddiff_cli.export import check_precision, ensure_onnx, onnx_files
 from meddiff_cli.fsutil import TMP_PREFIX, atomic_write_json, remove_stale_temps
 from meddiff_cli.io.volume import Volume
-from meddiff_cli.model.card import ModelCard
+from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_model, read_verified
 from meddiff_cli.models import resolve_model
 from meddiff_cli.devices import parse_device
@@ -203,7 +203,7 @@ def make_backend(options: SampleOptions, folder: Path, card: ModelCard):
         return OnnxBackend(graphs[0], graphs[1], options.device, options.precision), exported, card
     if options.backend == "torch":
         card, autoencoder, unet = load_model(folder)
-        backend = TorchBackend(autoencoder, unet, latent_scale(card), options.device,
+        backend = TorchBackend(autoencoder, unet, latent_normalization(card), options.device,
                                options.precision, compile=options.compile)
         return backend, False, card
     raise UsageError(f"unknown --backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -309,7 +309,7 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     folder = resolve_model(options.model, options.cache_dir)
     card = ModelCard.load(folder)
     class_id = card.class_id(options.modality)
-    latent_scale(card)  # an autoencoder-only model fails here, before any output is planned
+    latent_normalization(card)  # an autoencoder-only model fails here, before any output is planned
     mapping = card.intensity.get(options.modality)
     if mapping is None:
         raise ModelError(f"model card has no intensity mapping for {options.modality!r}", folder)
