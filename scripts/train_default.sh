@@ -53,6 +53,36 @@ if [ -n "$AE_FROM" ]; then
   [ -f "$model/model.json" ] || python scripts/reuse_autoencoder.py "$AE_FROM" "$model" --preset "$PRESET" "${SETTINGS[@]}"
   stage=(--stage diffusion)
 fi
+# Quality-vs-CPU-hours curve: keep the sampling weights every SNAPSHOT_EVERY denoiser steps (card + weights,
+# copied only when the card's sha256 values match the files, i.e. never a half-saved pair).
+SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-1000}
+snapshot_watch() {
+  while sleep 20; do
+    python - "$model" "$OUT/snapshots" "$SNAPSHOT_EVERY" <<'PY' || true
+import json, shutil, sys, tempfile
+from pathlib import Path
+from meddiff_cli.fsutil import sha256_file
+model, root, every = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+card = json.loads((model / "model.json").read_text())
+step = int(card["training"]["steps"]["diffusion"])
+target = root / f"diffusion_{step:07d}"
+if step == 0 or step % every or target.exists():
+    sys.exit(0)
+scratch = Path(tempfile.mkdtemp(dir=root.parent))
+for name in ("model.json", "autoencoder.safetensors", "denoiser.safetensors"):
+    shutil.copy2(model / name, scratch / name)
+saved = json.loads((scratch / "model.json").read_text())
+if all(sha256_file(scratch / f) == saved["files"][f] for f in ("autoencoder.safetensors", "denoiser.safetensors")):
+    root.mkdir(parents=True, exist_ok=True)
+    scratch.rename(target)
+else:
+    shutil.rmtree(scratch)
+PY
+  done
+}
+snapshot_watch & watcher=$!
+trap 'kill $watcher 2>/dev/null' EXIT
+
 extra=()   # a new model from scratch takes the settings on its first call; a resumed one has them in its card
 if [ -f "$model/checkpoint/state.json" ]; then extra=(--resume); elif [ -z "$AE_FROM" ]; then extra=("${SETTINGS[@]}"); fi
 while true; do

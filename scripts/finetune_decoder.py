@@ -1,0 +1,205 @@
+"""Fine-tune a model's decoder with its encoder frozen: sharper volumes, same latents.
+
+    python scripts/finetune_decoder.py MODEL_FOLDER prep_ct prep_mri --steps 3000 --work build/decoder_ft
+
+Why: an autoencoder trained on L1 alone averages away what it cannot encode — scanner noise, thin bone
+edges — so decoded volumes are smoother than real ones, and texture statistics (radiomics, the Fréchet
+distance) separate them completely however good the denoiser is. With the encoder frozen the latent space
+does not move, so the denoiser trained on it stays valid and this can run beside (or after) stage 2 — the
+decoder-only fine-tuning Stable Diffusion used for its "ft-MSE" VAE. Loss: L1 + a least-squares patch-GAN
+term, on latent crops decoded with a margin (the loss ignores the border the crop's padding distorts).
+
+Resumable: ``--work`` holds the state (weights, optimiser moments, step) as safetensors + JSON; rerunning the
+same command continues. ``--write MODEL_FOLDER`` puts the fine-tuned decoder into a model's autoencoder
+weights (the encoder's tensors must be identical to those the run started from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import PatchAdversarialLoss
+from monai.networks.nets import PatchDiscriminator
+from safetensors.torch import load_file, save_file
+
+from meddiff_cli.fsutil import atomic_path, atomic_write_json
+from meddiff_cli.model.card import ModelCard
+from meddiff_cli.model.networks import downsample_factor
+from meddiff_cli.model.store import AUTOENCODER_FILE, load_model, load_state_dict, save_model
+from meddiff_cli.train.data import load_training_data, read_case
+
+DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
+LATENT_CROP, MARGIN = 10, 1  # latent voxels; the loss uses the centre (CROP - 2 * MARGIN) * factor voxels
+
+
+def _flat_optimizer(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"{prefix}.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    state = optimizer.state_dict()
+    for name, value in tensors.items():
+        head, index, key = name.split(".", 2)
+        if head == prefix:
+            state["state"].setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict(state)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="model folder whose autoencoder is fine-tuned")
+    parser.add_argument("data", type=Path, nargs="+", help="preprocess output folders (one per modality)")
+    parser.add_argument("--work", type=Path, required=True, help="state folder (created; rerun to resume)")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--adv-weight", type=float, default=0.05)
+    parser.add_argument("--adv-start", type=int, default=200, help="steps of L1 only before the GAN term ramps in")
+    parser.add_argument("--exclude", default="", help="case indices per modality to keep out, e.g. 100-179")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", type=Path, default=None, help="write the decoder into this model folder and exit")
+    args = parser.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    if args.write is not None:
+        _write(work, args.write)
+        return
+
+    card, autoencoder, _ = load_model(args.model)
+    autoencoder = autoencoder.float().train()
+    factor = downsample_factor(card)
+    for name, parameter in autoencoder.named_parameters():
+        parameter.requires_grad_(name.startswith(DECODER_PREFIXES))
+    decoder_params = [p for n, p in autoencoder.named_parameters() if n.startswith(DECODER_PREFIXES)]
+    torch.manual_seed(args.seed)
+    discriminator = PatchDiscriminator(spatial_dims=3, channels=16, in_channels=1, out_channels=1, num_layers_d=3)
+    opt_g = torch.optim.AdamW(decoder_params, lr=args.lr, weight_decay=0.0, betas=(0.5, 0.9))
+    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.5, 0.9))
+    adversarial = PatchAdversarialLoss(criterion="least_squares")
+
+    state_file = work / "state.json"
+    step, previous_s = 0, 0.0
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        step, previous_s = int(state["step"]), float(state.get("duration_s", 0.0))
+        autoencoder.load_state_dict(load_file(str(work / "autoencoder.safetensors")))
+        discriminator.load_state_dict(load_file(str(work / "discriminator.safetensors")))
+        optim = load_file(str(work / "optimizers.safetensors"))
+        _load_optimizer(opt_g, optim, "g")
+        _load_optimizer(opt_d, optim, "d")
+    else:
+        atomic_write_json(work / "origin.json", {"model": str(args.model), "encoder_sha256": card.files[AUTOENCODER_FILE]})
+
+    excluded: set[int] = set()
+    if args.exclude:
+        low, _, high = args.exclude.partition("-")
+        excluded = set(range(int(low), int(high or low) + 1))
+    data = load_training_data(args.data, None, factor * 4, 0.0001, args.seed)
+    by_class: dict[int, int] = {}
+    cases = []
+    for case in sorted(data.train + data.val, key=lambda c: (c.class_id, str(c.image))):
+        index = by_class.get(case.class_id, 0)
+        by_class[case.class_id] = index + 1
+        if index not in excluded:
+            cases.append(case)
+    print(f"encoding {len(cases)} cases (posterior means, encoder frozen)", file=sys.stderr, flush=True)
+    images, latents = [], []
+    with torch.no_grad():
+        for case in cases:
+            image = torch.from_numpy(read_case(case))[None, None]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                z_mu, _ = autoencoder.encode(image)
+            images.append(image.half())
+            latents.append(z_mu.float())
+    rng = np.random.default_rng([args.seed, step])
+    side = LATENT_CROP * factor
+    inner = slice(MARGIN * factor, side - MARGIN * factor)
+    began, last = time.monotonic(), 0.0
+    start = step
+    while step < args.steps:
+        picks = rng.integers(0, len(cases), args.batch_size)
+        crops_z, crops_x = [], []
+        for pick in picks:
+            z = latents[pick]
+            corner = [int(rng.integers(0, s - LATENT_CROP + 1)) for s in z.shape[2:]]
+            crops_z.append(z[(..., *[slice(c, c + LATENT_CROP) for c in corner])])
+            crops_x.append(images[pick][(..., *[slice(c * factor, c * factor + side) for c in corner])].float())
+        z, x = torch.cat(crops_z), torch.cat(crops_x)
+        x = x[..., inner, inner, inner]
+        lr = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for group in (*opt_g.param_groups, *opt_d.param_groups):
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            decoded = autoencoder.decode(z)
+        decoded = decoded.float()[..., inner, inner, inner]
+        l1 = F.l1_loss(decoded, x)
+        weight = args.adv_weight * min(1.0, max(0.0, (step - args.adv_start) / 200))
+        loss = l1
+        if weight > 0:
+            discriminator.requires_grad_(False)
+            loss = loss + weight * adversarial(discriminator(decoded)[-1], target_is_real=True, for_discriminator=False)
+            discriminator.requires_grad_(True)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder_params, 1.0)
+        opt_g.step()
+        disc = float("nan")
+        if step >= args.adv_start - 100:  # the discriminator gets a head start before the generator hears it
+            d_loss = 0.5 * (adversarial(discriminator(decoded.detach())[-1], target_is_real=False, for_discriminator=True)
+                            + adversarial(discriminator(x)[-1], target_is_real=True, for_discriminator=True))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            torch.nn.utils.clip_grad_norm_(discriminator.parameters(), 1.0)
+            opt_d.step()
+            disc = float(d_loss.detach())
+        step += 1
+        now = time.monotonic()
+        if now - last > 30 or step == args.steps:
+            last = now
+            rate = (step - start) / (now - began)
+            print(f"decoder step {step}/{args.steps}: l1 {float(l1):.4f} disc {disc:.4f} adv_w {weight:.3f} "
+                  f"{rate:.2f} it/s", file=sys.stderr, flush=True)
+        if step % 200 == 0 or step == args.steps:
+            _save(work, step, previous_s + time.monotonic() - began, autoencoder, discriminator, opt_g, opt_d)
+
+
+def _save(work: Path, step: int, duration_s: float, autoencoder: torch.nn.Module, discriminator: torch.nn.Module,
+          opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
+    for name, tensors in (("autoencoder", autoencoder.state_dict()), ("discriminator", discriminator.state_dict()),
+                          ("optimizers", {**_flat_optimizer(opt_g, "g"), **_flat_optimizer(opt_d, "d")})):
+        with atomic_path(work / f"{name}.safetensors") as temp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(temp))
+    atomic_write_json(work / "state.json", {"step": step, "duration_s": round(duration_s, 1)})
+
+
+def _write(work: Path, model: Path) -> None:
+    """Replace the decoder tensors of ``model``'s autoencoder with the fine-tuned ones (encoder unchanged)."""
+    card, autoencoder, denoiser = load_model(model)
+    tuned = load_file(str(work / "autoencoder.safetensors"))
+    current = load_state_dict(model / AUTOENCODER_FILE, card.files[AUTOENCODER_FILE])
+    for key, value in current.items():
+        if not key.startswith(DECODER_PREFIXES) and not torch.equal(value.float(), tuned[key].float()):
+            sys.exit(f"encoder tensor {key} differs from the fine-tuning run's: its latents would not match")
+    autoencoder.load_state_dict(tuned)
+    state = json.loads((work / "state.json").read_text())
+    steps = int(state["step"])
+    card.training["decoder_finetune"] = {"steps": steps, "duration_s": float(state.get("duration_s", 0.0))}
+    save_model(card, autoencoder.float(), denoiser, model)
+    ModelCard.load(model)
+    print(f"{model}: decoder fine-tuned for {steps} steps written", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
