@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError
-from meddiff_cli.io.dicom import read_dicom, scan_dicom_files, sniff_dicom, write_dicom_series
+from meddiff_cli.io.dicom import read_dicom, scan_dicom_files, skipped_notes, sniff_dicom, write_dicom_series
 from meddiff_cli.io.itk import ITK_SUFFIXES, read_itk, read_with_simpleitk, write_itk
 from meddiff_cli.io.limits import MAX_VOXELS_ENV
 from meddiff_cli.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
@@ -76,10 +76,11 @@ def _case_id_from_name(path: Path) -> str:
     return path.stem
 
 
-def read_volume(path: str | Path, modality: str = "auto") -> Volume:
+def read_volume(path: str | Path, modality: str = "auto", volume_index: int | None = None) -> Volume:
     """Read a volume file or a DICOM folder holding exactly one series.
 
     ``modality='auto'`` takes CT/MR from the DICOM header (else ``'unknown'``); ``'ct'``/``'mri'`` override.
+    ``volume_index`` picks one volume (0-based) of a 4D DICOM series, which is refused without it.
     """
     path = Path(path)
     if not path.exists():
@@ -93,16 +94,17 @@ def read_volume(path: str | Path, modality: str = "auto") -> Volume:
     if kind is not None:
         return read_itk(path, file_modality)
     if path.is_dir() or sniff_dicom(path) or path.suffix.lower() in (".dcm", ".dicom", ".ima"):
-        return read_dicom(path, modality)
+        return read_dicom(path, modality, volume_index=volume_index)
     raise BadInputError("not a supported volume (NIfTI, NRRD, MHA, MHD by name, or DICOM by content)", path)
 
 
-def discover_cases(inputs: list[Path] | list[str]) -> list[CaseSource]:
+def discover_cases(inputs: list[Path] | list[str], notes: list[str] | None = None) -> list[CaseSource]:
     """Expand files and folders into cases, sorted by case id.
 
     Volume files are cases named after the file; DICOM (recognised by content) is grouped into series,
     each a case ``series-<hash>``. Unknown files inside folders are ignored; an explicitly named file
-    that is neither becomes a case that fails with a clear BadInputError when read.
+    that is neither becomes a case that fails with a clear BadInputError when read. DICOM files that
+    are no case (localizers, non-image objects) are skipped; ``notes`` gets one line per folder and reason.
     """
     cases: list[CaseSource] = []
     for raw in inputs:
@@ -114,7 +116,9 @@ def discover_cases(inputs: list[Path] | list[str]) -> list[CaseSource]:
             if kind is not None:
                 cases.append(CaseSource(_case_id_from_name(root), root, kind))
                 continue
-            series, _ = scan_dicom_files([root]) if root.stat().st_size and sniff_dicom(root) else ([], [])
+            series, skipped = scan_dicom_files([root]) if root.stat().st_size and sniff_dicom(root) else ([], [])
+            if notes is not None and series:
+                notes.extend(skipped_notes(skipped))
             if series:
                 cases.extend(CaseSource(s.case_id, root, "dicom", s.case_id, (root,)) for s in series)
             else:  # keep it so the failure is reported for this file, with its reason, at read time
@@ -127,7 +131,9 @@ def discover_cases(inputs: list[Path] | list[str]) -> list[CaseSource]:
                 cases.append(CaseSource(_case_id_from_name(file), file, kind))
             elif sniff_dicom(file):
                 dicom_candidates.append(file)
-        series, _ = scan_dicom_files(dicom_candidates)
+        series, skipped = scan_dicom_files(dicom_candidates)
+        if notes is not None:
+            notes.extend(skipped_notes(skipped))
         cases.extend(CaseSource(s.case_id, _series_folder(s.files), "dicom", s.case_id, tuple(s.files)) for s in series)
     if not cases:
         raise InputNotFoundError("no volumes found (NIfTI, NRRD, MHA, MHD or DICOM image series)",
@@ -151,8 +157,9 @@ def _series_folder(files: list[Path]) -> Path:
     return Path(os.path.commonpath([str(file.parent) for file in files]))
 
 
-def read_case(case: CaseSource, modality: str = "auto") -> Volume:
-    """Read one discovered case."""
+def read_case(case: CaseSource, modality: str = "auto", volume_index: int | None = None) -> Volume:
+    """Read one discovered case (``volume_index``: see :func:`read_volume`)."""
     if case.format == "dicom":
-        return read_dicom(case.path, modality, case_id=case.series_key, files=case.files or None)
+        return read_dicom(case.path, modality, case_id=case.series_key, files=case.files or None,
+                          volume_index=volume_index)
     return read_volume(case.path, modality)
