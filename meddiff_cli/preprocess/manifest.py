@@ -51,6 +51,8 @@ def new_manifest(settings: PreprocessSettings, labels: dict[str, int] | None) ->
         "orientation": "RAS",
         "intensity": default_intensity(settings),
         "labels": labels,
+        "volume_index": settings.volume_index,
+        "notes": [],
         "cases": [],
     }
 
@@ -59,7 +61,7 @@ def settings_differences(manifest: dict[str, Any], settings: PreprocessSettings)
     """Human-readable list of what differs between an existing manifest and the requested settings."""
     wanted = new_manifest(settings, None)
     differences = []
-    for key in ("modality", "spacing", "size", "intensity"):
+    for key in ("modality", "spacing", "size", "intensity", "volume_index"):
         if manifest.get(key) != wanted[key]:
             differences.append(f"{key} {json.dumps(manifest.get(key))} -> {json.dumps(wanted[key])}")
     return differences
@@ -74,7 +76,8 @@ def settings_from_manifest(manifest: dict[str, Any]) -> PreprocessSettings:
     elif intensity.get("kind") == "percentile":
         kwargs["percentiles"] = tuple(intensity["percentiles"])
     return PreprocessSettings(
-        modality=manifest["modality"], spacing=tuple(manifest["spacing"]), size=tuple(manifest["size"]), **kwargs
+        modality=manifest["modality"], spacing=tuple(manifest["spacing"]), size=tuple(manifest["size"]),
+        volume_index=manifest.get("volume_index"), **kwargs
     )
 
 
@@ -125,6 +128,12 @@ def validate_manifest(manifest: Any, path: str | Path | None = None) -> None:
         fail("labels must be null or an object {name: integer value}")
     if not isinstance(manifest["cases"], list):
         fail("cases must be a list")
+    notes = manifest.get("notes", [])
+    if not (isinstance(notes, list) and all(isinstance(note, str) for note in notes)):
+        fail("notes must be a list of strings")
+    volume_index = manifest.get("volume_index")
+    if volume_index is not None and (not isinstance(volume_index, int) or isinstance(volume_index, bool) or volume_index < 0):
+        fail(f"volume_index must be null or a whole number >= 0, got {volume_index!r}")
     seen: set[str] = set()
     for index, case in enumerate(manifest["cases"]):
         if not isinstance(case, dict):

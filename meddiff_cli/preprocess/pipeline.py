@@ -43,6 +43,7 @@ class PreprocessResult:
 
     out_dir: Path
     cases: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # inputs set aside (as in the manifest's "notes")
 
     def count(self, status: str) -> int:
         return sum(1 for case in self.cases if case["status"] == status)
@@ -58,6 +59,7 @@ class PreprocessResult:
             "skipped": self.count("skipped"),
             "failed": self.count("failed"),
             "cases": sorted(self.cases, key=lambda case: case["case_id"]),
+            "notes": self.notes,
         }
 
 
@@ -78,6 +80,7 @@ class _Inputs:
     labels: dict[str, CaseSource | None]  # case_id -> label source; absent key: this case has no label source
     label_names: dict[str, int] | None
     modality: str | None  # from phantom manifests, if any
+    notes: list[str] = field(default_factory=list)  # inputs set aside (localizers, non-image DICOM), one line each
 
 
 def preprocess_cases(
@@ -125,6 +128,7 @@ def _run(
     modality = _resolve_modality(settings, found, previous)
     settings = settings.resolved(modality)
     manifest = new_manifest(settings, found.label_names)
+    manifest["notes"] = found.notes
     if previous is not None:
         differences = settings_differences(previous, settings)
         if differences and not overwrite:
@@ -141,7 +145,7 @@ def _run(
     for folder in (out_dir, out_dir / "images", out_dir / "labels"):
         remove_stale_temps(folder)
 
-    result = PreprocessResult(out_dir)
+    result = PreprocessResult(out_dir, notes=found.notes)
     recorded = {case["case_id"]: case for case in manifest["cases"]}
     jobs: list[_Job] = []
     total = len(found.cases)
@@ -218,7 +222,7 @@ def process_job(job: _Job) -> dict[str, Any]:
 
 def _process_case(job: _Job) -> dict[str, Any]:
     settings, case = job.settings, job.case
-    volume = read_case(case, "auto")  # "auto": keep the file's own modality so a mismatch is caught
+    volume = read_case(case, "auto", settings.volume_index)  # "auto": keep the file's own modality (mismatch check)
     if volume.modality in ("ct", "mri") and volume.modality != settings.modality:
         raise BadInputError(f"this scan is {volume.modality} but the run preprocesses {settings.modality}")
     volume.modality = settings.modality
@@ -247,6 +251,10 @@ def _process_case(job: _Job) -> dict[str, Any]:
         "sha256": sha256_file(job.out_dir / image_rel),
         "label_sha256": None,
     }
+    if "selected_volume" in volume.metadata:  # one volume of a 4D series: which one
+        entry["selected_volume"] = volume.metadata["selected_volume"]
+    if "mosaic" in volume.metadata:
+        entry["mosaic"] = volume.metadata["mosaic"]
     if label is not None:
         label_rel = f"labels/{case.case_id}.nii.gz"
         write_nifti(label, job.out_dir / label_rel, dtype="uint8")
@@ -323,9 +331,15 @@ def _resolve_modality(settings: PreprocessSettings, found: _Inputs, previous: di
         return found.modality
     if previous is not None:
         return previous["modality"]
-    # Only DICOM carries a modality; each DICOM case is checked against it again in its worker.
-    dicom = next((case for case in found.cases if case.format == "dicom"), None)
-    first = read_case(dicom, "auto").modality if dicom is not None else "unknown"
+    # Only DICOM carries a modality; each DICOM case is checked against it again in its worker, where
+    # a case that cannot be read here fails with its own message.
+    first = "unknown"
+    for case in (case for case in found.cases if case.format == "dicom"):
+        try:
+            first = read_case(case, "auto", settings.volume_index).modality
+            break
+        except MeddiffError:
+            continue
     if first not in ("ct", "mri"):
         raise UsageError(
             "cannot tell whether the input is CT or MRI (only DICOM headers and phantom manifests say): "
@@ -348,6 +362,7 @@ def _gather_inputs(inputs: list[Path], labels_dir: Path | None) -> _Inputs:
         raise InputNotFoundError("labels folder not found", labels_dir)
 
     cases: list[CaseSource] = []
+    notes: list[str] = []
     labels: dict[str, CaseSource | None] = {}
     names: dict[str, int] | None = None
     modalities: set[str] = set()
@@ -367,7 +382,7 @@ def _gather_inputs(inputs: list[Path], labels_dir: Path | None) -> _Inputs:
     if len(modalities) > 1:
         raise UsageError(f"phantom inputs mix modalities {sorted(modalities)}: preprocess them separately")
     if scan_inputs:
-        cases.extend(discover_cases(scan_inputs))
+        cases.extend(discover_cases(scan_inputs, notes))
     if not cases:
         raise InputNotFoundError(f"no volumes found in {', '.join(str(p) for p in inputs)}")
     by_case_id: dict[str, CaseSource] = {}
@@ -384,7 +399,7 @@ def _gather_inputs(inputs: list[Path], labels_dir: Path | None) -> _Inputs:
         labels = {
             case.case_id: by_id.get(case.case_id) or by_id.get(_strip_channel(case.case_id)) for case in cases
         }
-    return _Inputs(sorted(cases, key=lambda c: c.case_id), labels, names, modalities.pop() if modalities else None)
+    return _Inputs(sorted(cases, key=lambda c: c.case_id), labels, names, modalities.pop() if modalities else None, notes)
 
 
 def _phantom_cases(folder: Path, manifest: dict[str, Any]) -> list[tuple[CaseSource, CaseSource | None]]:
