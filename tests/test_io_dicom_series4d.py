@@ -106,3 +106,37 @@ def test_scout_descriptions_only_skip_tiny_series(tmp_path, description, slices,
     if skipped:
         assert notes[0].endswith(f"localizer (scout-like series description, {slices} slice(s))")
     assert sorted(read_case(case).shape[2] for case in cases) == ([2] if skipped else sorted([2, slices]))
+
+
+def test_enhanced_multiframe_4d_by_temporal_position_index(tmp_path):
+    """One Enhanced CT file holding two phases (FrameContentSequence.TemporalPositionIndex 1, 2), frames shuffled."""
+    from pydicom.dataset import Dataset
+
+    from meddiff_cli.io import Volume
+    from tests.test_io_dicom import write_enhanced_ct
+
+    phases = [oblique_volume(40 + p, shape=(6, 5, 4)) for p in range(2)]
+    phases = [Volume(np.rint(v.array / 2) * 2, v.affine, "ct") for v in phases]  # survive write_enhanced_ct's slope 2
+    order = np.arange(4)
+    files = []
+    for p, phase in enumerate(phases):
+        write_enhanced_ct(tmp_path / f"p{p}.dcm", phase, order)
+        files.append(pydicom.dcmread(tmp_path / f"p{p}.dcm"))
+    merged = files[0]
+    frames = []
+    for p, ds in enumerate(files):
+        for group in ds.PerFrameFunctionalGroupsSequence:
+            content = Dataset()
+            content.TemporalPositionIndex = p + 1
+            group.FrameContentSequence = [content]
+            frames.append(group)
+    shuffle = np.random.default_rng(0).permutation(8)
+    pixels = np.concatenate([ds.pixel_array for ds in files])[shuffle]
+    merged.PerFrameFunctionalGroupsSequence = [frames[i] for i in shuffle]
+    merged.NumberOfFrames, merged.PixelData = 8, pixels.tobytes()
+    merged.save_as(tmp_path / "cardiac.dcm")
+    with pytest.raises(BadInputError, match=r"time series \(fMRI-like\): 4 positions x 2 volumes, told apart by "
+                                             r"TemporalPositionIndex"):
+        read_volume(tmp_path / "cardiac.dcm")
+    for p, phase in enumerate(phases):
+        assert_same(phase, read_volume(tmp_path / "cardiac.dcm", volume_index=p))
