@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from meddiff_cli.evaluate import EvaluationSettings, evaluate_folders
+from meddiff_cli.evaluate import EvaluateOptions, evaluate_folders
 from meddiff_cli.phantom import write_phantom_corpus
 from meddiff_cli.phantom.generate import FIELD_OF_VIEW_MM
 
@@ -45,12 +45,13 @@ def main() -> None:
         if done == total:
             stage_seconds[stage] = round(now - stage_start[stage], 2)
 
-    settings = EvaluationSettings(
+    settings = EvaluateOptions(
         features="radiomics",
         size=args.size,
         spacing=FIELD_OF_VIEW_MM["ct"] / args.size,
         workers=args.workers,
         device="cpu",
+        anatomy=False,
     )
     started = time.perf_counter()
     result = evaluate_folders(

@@ -8,7 +8,7 @@ import shutil
 from meddiff_cli.errors import ExitCode
 from tests.test_evaluate_phantoms import SPACING, phantom_sets  # noqa: F401  (session fixture)
 
-GRID = ["--size", "32", "--spacing", str(SPACING), "--bootstrap", "0", "-q"]
+GRID = ["--size", "32", "--spacing", str(SPACING), "--bootstrap", "0", "--no-anatomy", "-q"]
 
 
 def test_json_goes_alone_to_stdout_and_report_folder_is_complete(run_meddiff, phantom_sets, tmp_path):  # noqa: F811

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from safetensors.torch import save_file
 
 from meddiff_cli.errors import DeviceError, ModelError, UsageError
-from meddiff_cli.evaluate import EvaluationSettings, evaluate_folders
+from meddiff_cli.evaluate import EvaluateOptions, evaluate_folders
 from meddiff_cli.evaluate.features import (
     MedicalNetExtractor,
     OnnxExtractor,
@@ -121,7 +121,7 @@ def test_cuda_request_without_cuda_is_a_device_error():
     with pytest.raises(DeviceError):
         resolve_device("cuda")
     with pytest.raises(DeviceError):
-        evaluate_folders("unused-real", "unused-synth", settings=EvaluationSettings(device="cuda:1"))
+        evaluate_folders("unused-real", "unused-synth", options=EvaluateOptions(device="cuda:1"))
     with pytest.raises(UsageError):
         resolve_device("tpu")
     assert resolve_device("auto") == torch.device("cpu")
@@ -129,7 +129,7 @@ def test_cuda_request_without_cuda_is_a_device_error():
 
 def test_evaluate_with_onnx_features_names_the_extractor(phantom_sets, tmp_path):  # noqa: F811
     onnx_path = write_mean_max_onnx(tmp_path / "fx.onnx")
-    settings = EvaluationSettings(features=str(onnx_path), size=32, spacing=SPACING, bootstrap_reps=0)
+    settings = EvaluateOptions(features=str(onnx_path), size=32, spacing=SPACING, bootstrap_reps=0, anatomy=False)
     summary = evaluate_folders(phantom_sets["real"], phantom_sets["noise270.0"], None, settings).summary
     assert summary["features"]["extractor"] == "onnx:fx.onnx" and summary["features"]["dimension"] == 2
     assert summary["fidelity"]["frechet_distance"]["value"] > summary["fidelity"]["frechet_distance"]["baseline_real_vs_real"]

@@ -8,7 +8,7 @@ import torch
 from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 from scipy import ndimage, stats
 
-from meddiff_cli.evaluate.features import glcm, glcm_features, radiomics_feature_names, radiomics_features
+from meddiff_cli.evaluate.radiomics import glcm, glcm_features, radiomics_feature_names, radiomics_features
 from meddiff_cli.evaluate.metrics import (
     bootstrap_ci,
     frechet_distance,

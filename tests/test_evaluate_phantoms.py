@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from meddiff_cli.evaluate import EvaluationSettings, evaluate_folders
+from meddiff_cli.evaluate import EvaluateOptions, evaluate_folders
 from meddiff_cli.evaluate.report import write_report
 from meddiff_cli.io import read_volume, write_nifti
 from meddiff_cli.phantom import write_phantom_corpus
@@ -20,7 +20,7 @@ from meddiff_cli.phantom.generate import FIELD_OF_VIEW_MM
 SIZE = 32
 COUNT = 8  # >= 8 so that bootstrap intervals are computed
 SPACING = FIELD_OF_VIEW_MM["ct"] / SIZE  # the phantoms' own grid: harmonisation resamples nothing away
-SETTINGS = EvaluationSettings(size=SIZE, spacing=SPACING, bootstrap_reps=0)
+SETTINGS = EvaluateOptions(size=SIZE, spacing=SPACING, bootstrap_reps=0, anatomy=False)
 BLUR_SIGMAS = (0.6, 1.2, 2.4)  # voxels
 NOISE_HU = (30.0, 90.0, 270.0)
 
@@ -127,7 +127,7 @@ def test_bootstrap_intervals_and_real_copies_in_train(phantom_sets, tmp_path):
     shutil.copytree(phantom_sets["train"] / "images", train)
     leaked = sorted((phantom_sets["real"] / "images").glob("*.nii.gz"))[0]
     shutil.copy(leaked, train / "leaked.nii.gz")
-    settings = EvaluationSettings(size=SIZE, spacing=SPACING, bootstrap_reps=30)
+    settings = EvaluateOptions(size=SIZE, spacing=SPACING, bootstrap_reps=30, anatomy=False)
     summary = evaluate_folders(phantom_sets["real"], phantom_sets["synth"], train, settings).summary
     for key in ("frechet_distance", "kid"):  # re-centred intervals bracket the estimate
         entry = summary["fidelity"][key]
@@ -157,7 +157,7 @@ def test_mri_phantoms_auto_modality_and_small_sets(tmp_path):
 
     for name, seed in (("real", 0), ("synth", 1000)):
         write_phantom_corpus("mri", 4, tmp_path / name, size=SIZE, seed=seed)
-    settings = EvaluationSettings(size=SIZE, spacing=FOV["mri"] / SIZE, bootstrap_reps=50)
+    settings = EvaluateOptions(size=SIZE, spacing=FOV["mri"] / SIZE, bootstrap_reps=50, anatomy=False)
     summary = evaluate_folders(tmp_path / "real", tmp_path / "synth", None, settings).summary
     assert summary["harmonisation"]["modality"] == "mri"
     assert summary["harmonisation"]["intensity"]["kind"] == "percentile"

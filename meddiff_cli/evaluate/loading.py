@@ -19,11 +19,19 @@ from typing import Any
 import numpy as np
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError, MeddiffError, UsageError
-from meddiff_cli.evaluate.features import radiomics_features
+from meddiff_cli.evaluate.frd import frd_features
 from meddiff_cli.evaluate.metrics import intensity_histogram, slice_differences
+from meddiff_cli.evaluate.radiomics import radiomics_features
 from meddiff_cli.io import CaseSource, discover_cases, read_case, read_volume
 from meddiff_cli.io.volume import Volume
-from meddiff_cli.preprocess import MANIFEST_NAME, PreprocessSettings, harmonise_volume, invert_intensity, load_manifest
+from meddiff_cli.preprocess import (
+    MANIFEST_NAME,
+    PreprocessSettings,
+    harmonise_label,
+    harmonise_volume,
+    invert_intensity,
+    load_manifest,
+)
 from meddiff_cli.preprocess.manifest import FORMAT as PREPROCESS_FORMAT
 from meddiff_cli.signals import interruptible_process_pool
 
@@ -44,7 +52,12 @@ class CaseRef:
 
 @dataclass
 class VolumeSet:
-    """A harmonised set (``arrays``: ``[n, X, Y, Z]`` float32 in [-1, 1]) and its per-volume statistics."""
+    """A harmonised set (``arrays``: ``[n, X, Y, Z]`` float32 in [-1, 1]) and its per-volume statistics.
+
+    ``features``: per-volume features the workers computed (radiomics-v1 or FRD), named ``feature_names``;
+    ``labels``: label maps on the same grid (uint8 values, names in ``label_names``) when every volume has one
+    and they were asked for (the anatomy check).
+    """
 
     role: str
     root: Path
@@ -52,8 +65,11 @@ class VolumeSet:
     arrays: np.ndarray
     slice_diffs: np.ndarray  # [n, 3]
     histograms: np.ndarray  # [n, bins]
-    radiomics: np.ndarray | None = None  # [n, F]
+    features: np.ndarray | None = None  # [n, F]
+    feature_names: list[str] | None = None
     label_volumes_ml: list[dict[str, float] | None] = field(default_factory=list)
+    labels: np.ndarray | None = None  # [n, X, Y, Z] uint8
+    label_names: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -169,27 +185,46 @@ class _Loaded:
     array: np.ndarray
     slice_diffs: np.ndarray
     histogram: np.ndarray
-    radiomics: np.ndarray | None
-    labels_ml: dict[str, float] | None
+    features: np.ndarray | None
+    feature_names: list[str] | None
+    labels_ml: dict[str, float] | None = None
+    label_map: np.ndarray | None = None
 
 
-def _load_one(ref: CaseRef, settings: PreprocessSettings, want_radiomics: bool, label_names: dict[int, str]) -> _Loaded:
+def _per_volume_features(kind: str | None, harmonised: Volume) -> tuple[np.ndarray | None, list[str] | None]:
+    """radiomics-v1 on model space; FRD on the harmonised volume in HU (CT) or model units (MRI)."""
+    if kind == "radiomics":
+        return radiomics_features(harmonised.array), None
+    if kind == "frd":
+        mapping = harmonised.metadata["intensity"]
+        values = invert_intensity(harmonised.array, mapping) if mapping["kind"] == "ct_window" else harmonised.array
+        return frd_features(values, harmonised.affine)
+    return None, None
+
+
+def _load_one(ref: CaseRef, settings: PreprocessSettings, per_volume: str | None, label_names: dict[int, str],
+              want_label_maps: bool) -> _Loaded:
+    volume: Volume | None = None
+
     def work() -> _Loaded:
+        nonlocal volume
         volume = _read(ref, settings.modality)
         volume = Volume(volume.array, volume.affine, settings.modality, volume.metadata)
-        harmonised = harmonise_volume(volume, settings).array.astype(np.float32, copy=False)
-        return _Loaded(
-            harmonised,
-            slice_differences(harmonised),
-            intensity_histogram(harmonised),
-            radiomics_features(harmonised) if want_radiomics else None,
-            None,
-        )
+        harmonised = harmonise_volume(volume, settings)
+        array = harmonised.array.astype(np.float32, copy=False)
+        features, names = _per_volume_features(per_volume, harmonised)
+        return _Loaded(array, slice_differences(array), intensity_histogram(array), features, names)
 
     loaded = _with_path(ref, work)
     if ref.label is not None:
-        label_ref = CaseRef(ref.name, CaseSource(ref.source.case_id, ref.label, "nifti"))
-        loaded.labels_ml = _with_path(label_ref, lambda: label_volumes_ml(ref.label, label_names))
+        label_path = ref.label
+        label_ref = CaseRef(ref.name, CaseSource(ref.source.case_id, label_path, "nifti"))
+        loaded.labels_ml = _with_path(label_ref, lambda: label_volumes_ml(label_path, label_names))
+        if want_label_maps and volume is not None:
+            image = volume
+            loaded.label_map = _with_path(
+                label_ref, lambda: harmonise_label(read_volume(label_path, settings.modality), image, settings).array
+            )
     return loaded
 
 
@@ -198,25 +233,30 @@ def load_set(
     refs: list[CaseRef],
     role: str,
     settings: PreprocessSettings,
-    want_radiomics: bool,
+    per_volume: str | None,
     workers: int = 1,
     progress: ProgressFn | None = None,
+    want_label_maps: bool = False,
 ) -> VolumeSet:
-    """Read and harmonise every volume (in ``workers`` processes), in a stable order."""
+    """Read and harmonise every volume (in ``workers`` processes), in a stable order.
+
+    ``per_volume``: ``radiomics`` / ``frd`` features computed in the workers; ``want_label_maps``: keep
+    harmonised label maps (set only when every volume has one).
+    """
     label_names = _label_names(Path(root))
     results: list[_Loaded | None] = [None] * len(refs)
     if progress:
         progress(f"loading {role}", 0, len(refs))
     if workers > 1 and len(refs) > 1:
         with interruptible_process_pool(workers) as pool:  # Ctrl-C stops within one volume's time
-            futures = [pool.submit(_load_one, ref, settings, want_radiomics, label_names) for ref in refs]
+            futures = [pool.submit(_load_one, ref, settings, per_volume, label_names, want_label_maps) for ref in refs]
             for index, future in enumerate(futures):
                 results[index] = future.result()
                 if progress:
                     progress(f"loading {role}", index + 1, len(refs))
     else:
         for index, ref in enumerate(refs):
-            results[index] = _load_one(ref, settings, want_radiomics, label_names)
+            results[index] = _load_one(ref, settings, per_volume, label_names, want_label_maps)
             if progress:
                 progress(f"loading {role}", index + 1, len(refs))
     loaded = [r for r in results if r is not None]
@@ -230,6 +270,9 @@ def load_set(
         arrays=np.stack([r.array for r in loaded]),
         slice_diffs=np.stack([r.slice_diffs for r in loaded]),
         histograms=np.stack([r.histogram for r in loaded]),
-        radiomics=np.stack([r.radiomics for r in loaded]) if want_radiomics else None,
+        features=np.stack([r.features for r in loaded]) if per_volume else None,
+        feature_names=loaded[0].feature_names,
         label_volumes_ml=[r.labels_ml for r in loaded],
+        labels=np.stack([r.label_map for r in loaded]) if all(r.label_map is not None for r in loaded) else None,
+        label_names=label_names,
     )

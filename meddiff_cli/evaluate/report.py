@@ -1,7 +1,7 @@
-"""``--report DIR``: report.json, PNG plots drawn with Pillow, and one self-contained report.html.
+"""``--report DIR``: report.json, PNG plots (:mod:`~meddiff_cli.evaluate.plots`) and one self-contained report.html.
 
-Plots are drawn with Pillow's ImageDraw (matplotlib is not a dependency): simple, legible and
-deterministic. The whole folder is written atomically (a complete new report or the old one).
+The metric rows are shared with the terminal table. The whole folder is written atomically (a complete
+new report or the old one).
 """
 
 from __future__ import annotations
@@ -13,23 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from meddiff_cli.evaluate import EvaluationResult
+from meddiff_cli.evaluate.pipeline import EvaluationResult
+from meddiff_cli.evaluate.plots import anatomy_plot, histogram_plot, memorization_plots, montage, pca_plot
 from meddiff_cli.fsutil import atomic_dir
-
-REAL_COLOUR = (31, 119, 180)
-SYNTH_COLOUR = (255, 127, 14)
-TRAIN_COLOUR = (150, 150, 150)
-FLAG_COLOUR = (214, 39, 40)
-MONTAGE_COLUMNS = 6
 
 EXPLANATIONS = {
     "frechet_distance": "Fréchet distance between Gaussians fitted to REAL and SYNTH features (lower = closer). "
     "Biased upwards for small sets: compare with the REAL-vs-REAL baseline, which uses two halves of REAL.",
-    "kid": "Kernel distance (unbiased MMD^2, cubic kernel) on the same features; ~0 when the sets match, "
-    "can be slightly negative. Less biased than the Fréchet distance for small sets.",
+    "kid": "Kernel distance (unbiased MMD^2, cubic kernel) on the same features; ~0 when the sets match. Its "
+    "estimator is unbiased, so two samples of one distribution score around 0 and often slightly below: a "
+    "negative value (e.g. the REAL-vs-REAL baseline) means 'indistinguishable at this sample size'.",
+    "frd": "Fréchet Radiomics Distance (FRDv1, as frd-score computes it): log of the squared Fréchet distance of "
+    "z-scored pyradiomics features. A log scale: +0.69 = twice the squared distance. Compare with REAL vs REAL.",
     "precision": "Fraction of synthetic volumes inside REAL's k-NN feature manifold: realism (higher = better).",
     "recall": "Fraction of real volumes inside SYNTH's k-NN feature manifold: coverage of the real variety.",
     "ms_ssim_synthetic": "Mean pairwise 3D MS-SSIM within SYNTH. Much higher than within REAL = too little diversity "
@@ -39,160 +36,11 @@ EXPLANATIONS = {
     "intensities must move to match (same unit as the intensities).",
     "slice": "Mean absolute difference between adjacent slices, SYNTH / REAL per axis. ~1 on every axis is good; "
     "one axis standing out points to slice-wise (2D) generation or interpolation artefacts.",
+    "anatomy": "Share of volumes in which the segmenter finds the structure (volume >= 10 % of REAL's median), "
+    "SYNTH vs REAL; volumes and connected components in the Anatomy section.",
     "memorization": "For each synthetic volume, the most similar training volume by normalised cross-correlation of "
     "band-passed volumes; flagged when much closer than any held-out REAL volume gets to the training set.",
 }
-
-
-# ----------------------------------------------------------------------------------------- drawing
-
-
-def _font(size: int = 14) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
-
-
-def _grey(slice_2d: np.ndarray) -> Image.Image:
-    """Model-space [-1, 1] slice -> 8-bit image."""
-    return Image.fromarray(np.clip((slice_2d + 1.0) * 127.5, 0, 255).astype(np.uint8))
-
-
-def _views(volume: np.ndarray) -> list[Image.Image]:
-    """Mid axial and coronal slices of a RAS volume, radiological display (patient right on the left, anterior/superior up)."""
-    x, y, z = (s // 2 for s in volume.shape)
-    axial = volume[::-1, ::-1, z].T
-    coronal = volume[::-1, y, ::-1].T
-    return [_grey(np.ascontiguousarray(axial)), _grey(np.ascontiguousarray(coronal))]
-
-
-def _tile(image: Image.Image, size: int = 128) -> Image.Image:
-    return image.resize((size, size), Image.Resampling.NEAREST)
-
-
-def montage(real: np.ndarray, synth: np.ndarray, tile: int = 128) -> Image.Image:
-    """Rows: REAL axial, SYNTH axial, REAL coronal, SYNTH coronal; up to 6 volumes per set."""
-    columns = min(MONTAGE_COLUMNS, max(len(real), len(synth)))
-    label_width, font = 135, _font(16)
-    canvas = Image.new("RGB", (label_width + columns * tile, 4 * tile), "white")
-    draw = ImageDraw.Draw(canvas)
-    rows = [("REAL axial", real, 0), ("SYNTH axial", synth, 0), ("REAL coronal", real, 1), ("SYNTH coronal", synth, 1)]
-    for row, (title, volumes, view) in enumerate(rows):
-        colour = REAL_COLOUR if title.startswith("REAL") else SYNTH_COLOUR
-        draw.text((6, row * tile + tile // 2 - 8), title, fill=colour, font=font)
-        for column, volume in enumerate(volumes[:columns]):
-            canvas.paste(_tile(_views(volume)[view], tile), (label_width + column * tile, row * tile))
-    return canvas
-
-
-class _Axes:
-    """A plot area with data->pixel mapping, ticks and labels."""
-
-    def __init__(self, width: int, height: int, xlim: tuple[float, float], ylim: tuple[float, float], title: str) -> None:
-        self.image = Image.new("RGB", (width, height), "white")
-        self.draw = ImageDraw.Draw(self.image)
-        self.left, self.right, self.top, self.bottom = 70, width - 20, 40, height - 50
-        self.xlim, self.ylim = xlim, ylim
-        self.font = _font(13)
-        self.draw.text((self.left, 10), title, fill="black", font=_font(16))
-        self.draw.rectangle((self.left, self.top, self.right, self.bottom), outline="black")
-        for fraction in np.linspace(0, 1, 5):
-            xv = xlim[0] + fraction * (xlim[1] - xlim[0])
-            yv = ylim[0] + fraction * (ylim[1] - ylim[0])
-            px, py = self.px(xv, ylim[0])[0], self.px(xlim[0], yv)[1]
-            self.draw.line((px, self.bottom, px, self.bottom + 5), fill="black")
-            self.draw.text((px - 18, self.bottom + 8), f"{xv:.3g}", fill="black", font=self.font)
-            self.draw.line((self.left - 5, py, self.left, py), fill="black")
-            self.draw.text((5, py - 7), f"{yv:.3g}", fill="black", font=self.font)
-
-    def px(self, x: float, y: float) -> tuple[float, float]:
-        fx = (x - self.xlim[0]) / ((self.xlim[1] - self.xlim[0]) or 1.0)
-        fy = (y - self.ylim[0]) / ((self.ylim[1] - self.ylim[0]) or 1.0)
-        return self.left + fx * (self.right - self.left), self.bottom - fy * (self.bottom - self.top)
-
-    def line(self, xs, ys, colour) -> None:
-        self.draw.line([self.px(x, y) for x, y in zip(xs, ys, strict=True)], fill=colour, width=2)
-
-    def points(self, xs, ys, colour, radius: int = 4) -> None:
-        for x, y in zip(xs, ys, strict=True):
-            cx, cy = self.px(x, y)
-            self.draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), outline=colour, width=2)
-
-    def legend(self, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
-        for row, (text, colour) in enumerate(entries):
-            y = self.top + 8 + row * 18
-            self.draw.rectangle((self.right - 150, y, self.right - 138, y + 12), fill=colour)
-            self.draw.text((self.right - 132, y - 1), text, fill="black", font=self.font)
-
-    def xlabel(self, text: str) -> None:
-        self.draw.text(((self.left + self.right) // 2 - 60, self.bottom + 28), text, fill="black", font=self.font)
-
-
-def histogram_plot(intensity: dict[str, Any]) -> Image.Image:
-    centres = np.asarray(intensity["bin_centres"])
-    real, synth = np.asarray(intensity["histogram_real"]), np.asarray(intensity["histogram_synthetic"])
-    # Log scale: the air/background bin would otherwise flatten everything else.
-    real_log, synth_log = np.log10(real + 1e-6), np.log10(synth + 1e-6)
-    low = float(min(real_log.min(), synth_log.min()))
-    half_bin = (centres[1] - centres[0]) / 2.0
-    axes = _Axes(720, 380, (float(centres[0] - half_bin), float(centres[-1] + half_bin)), (low, 0.0), "Intensity histograms (log10 fraction of voxels)")
-    axes.line(centres, real_log, REAL_COLOUR)
-    axes.line(centres, synth_log, SYNTH_COLOUR)
-    axes.legend([("REAL", REAL_COLOUR), ("SYNTH", SYNTH_COLOUR)])
-    axes.xlabel(intensity["unit"].split(" (")[0])
-    return axes.image
-
-
-def pca_plot(features: dict[str, np.ndarray], extractor: str) -> Image.Image:
-    """2D principal-component projection of the standardised features (fitted on REAL + SYNTH)."""
-    fit = np.concatenate([features["real"], features["synthetic"]])
-    mean = fit.mean(axis=0)
-    _, _, components = np.linalg.svd(fit - mean, full_matrices=False)
-    basis = components[:2].T if components.shape[0] >= 2 else np.eye(fit.shape[1], 2)
-    projected = {role: (f - mean) @ basis for role, f in features.items()}
-    stacked = np.concatenate(list(projected.values()))
-    pad = 0.05 * (np.ptp(stacked, axis=0) + 1e-9)
-    lims = [(float(stacked[:, i].min() - pad[i]), float(stacked[:, i].max() + pad[i])) for i in range(2)]
-    axes = _Axes(560, 480, lims[0], lims[1], f"Feature space, first two principal components ({extractor})")
-    colours = {"real": REAL_COLOUR, "synthetic": SYNTH_COLOUR, "train": TRAIN_COLOUR}
-    for role in ("train", "real", "synthetic"):
-        if role in projected:
-            axes.points(projected[role][:, 0], projected[role][:, 1], colours[role])
-    axes.legend([(r.upper() if r != "synthetic" else "SYNTH", colours[r]) for r in projected])
-    axes.xlabel("PC1 (y: PC2)")
-    return axes.image
-
-
-def memorization_plots(result: EvaluationResult) -> tuple[Image.Image, Image.Image]:
-    """(worst pairs side by side, nearest-train NCC distributions for held-out REAL vs SYNTH)."""
-    memo = result.summary["memorization"]
-    assert result.train is not None
-    tile, font = 160, _font(14)
-    pairs = memo["worst_pairs"]
-    canvas = Image.new("RGB", (2 * tile + 20, len(pairs) * (tile + 24) + 10), "white")
-    draw = ImageDraw.Draw(canvas)
-    flagged = {f["synthetic"] for f in memo["flagged"]}
-    for row, pair in enumerate(pairs):
-        y = row * (tile + 24) + 5
-        name = result.synth.names[pair["synthetic_index"]]
-        colour = FLAG_COLOUR if name in flagged else "black"
-        caption = f"NCC {pair['score']:.4f}  SYNTH | TRAIN{'  FLAGGED' if name in flagged else ''}"
-        draw.text((5, y), caption, fill=colour, font=font)
-        canvas.paste(_tile(_views(result.synth.arrays[pair["synthetic_index"]])[0], tile), (5, y + 18))
-        canvas.paste(_tile(_views(result.train.arrays[pair["train_index"]])[0], tile), (15 + tile, y + 18))
-    real_values = np.asarray(memo["real_nearest_ncc_values"])
-    synth_values = np.asarray(memo["synthetic_nearest_ncc_values"])
-    everything = np.concatenate([real_values, synth_values, [memo["threshold_ncc"]]])
-    low = float(everything.min())
-    axes = _Axes(560, 300, (low - 0.01 * (1 - low + 1e-3), 1.0), (0.0, 3.0), "Nearest-training-volume NCC (right = closer)")
-    rng = np.random.default_rng(0)
-    axes.points(real_values, 2.0 + 0.3 * rng.uniform(-1, 1, len(real_values)), REAL_COLOUR)
-    axes.points(synth_values, 1.0 + 0.3 * rng.uniform(-1, 1, len(synth_values)), SYNTH_COLOUR)
-    threshold_x = axes.px(memo["threshold_ncc"], 0)[0]
-    axes.draw.line((threshold_x, axes.top, threshold_x, axes.bottom), fill=FLAG_COLOUR, width=2)
-    axes.legend([("REAL held-out (y=2)", REAL_COLOUR), ("SYNTH (y=1)", SYNTH_COLOUR), ("flag threshold", FLAG_COLOUR)])
-    return canvas, axes.image
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -217,6 +65,7 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
     rows = [
         (f"Fréchet distance ({extractor})", fid["frechet_distance"], "frechet_distance"),
         (f"KID ({extractor})", fid["kid"], "kid"),
+        *([("FRD (FRDv1, log d^2)", fid["frd"], "frd")] if fid.get("frd") else []),
         (f"Precision (k={fid['k']['real']})", fid["precision"], "precision"),
         (f"Recall (k={fid['k']['synthetic']})", fid["recall"], "recall"),
         ("MS-SSIM within SYNTH", div["ms_ssim_synthetic"], "ms_ssim_synthetic"),
@@ -229,6 +78,10 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
     ]
     for axis, entry in summary["slice_consistency"]["axes"].items():
         table.append((f"Slice diff SYNTH/REAL, axis {axis}", _fmt(entry["ratio"]), _ci(entry["ratio_ci95"]), "1", EXPLANATIONS["slice"]))
+    for name, entry in ((summary.get("anatomy") or {}).get("structures") or {}).items():
+        presence = entry["presence"]
+        table.append((f"Anatomy: {name} present", f"{100 * presence['synthetic']:.0f} %", "–",
+                      f"{100 * presence['real']:.0f} % of REAL", EXPLANATIONS["anatomy"]))
     memo = summary.get("memorization")
     if memo is not None:
         table.append(
@@ -259,6 +112,12 @@ def _html(summary: dict[str, Any], pngs: dict[str, bytes]) -> str:
         f"<td>{_fmt((e.get('synthetic') or {}).get('mean_ml'))}</td><td>{_fmt(e.get('relative_difference'))}</td></tr>"
         for name, e in labels.items()
     )
+    verdict = summary.get("verdict") or {}
+    verdict_html = f"<p><b>Verdict: {esc(verdict.get('line', ''))}</b></p>" + "".join(
+        f"<li>{esc(m['reading'])}</li>" for m in (verdict.get("metrics") or {}).values()
+    ).join(("<ul>", "</ul>")) + f"<p><small>{esc(verdict.get('rules', ''))}</small></p>"
+    warnings = "".join(f"<p style='color:#b00'>warning: {esc(w)}</p>" for w in summary.get("warnings", []))
+    anatomy_html = _anatomy_html(summary.get("anatomy"))
     memo = summary.get("memorization")
     flagged = ""
     if memo is not None:
@@ -281,8 +140,10 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;ve
 th{{background:#f0f0f0}}img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <h1>meddiff evaluation report (synthetic data)</h1>
 <p>Inputs: {inputs}.</p>
+{verdict_html}{warnings}
 <p>Harmonisation ({esc(h['function'])}): modality {esc(h['modality'])}, {esc(str(h['size']))} voxels at
-{esc(str(h['spacing_mm']))} mm, {esc(h['orientation'])}; intensity {esc(json.dumps(h['intensity']))}.
+{esc(str(h['spacing_mm']))} mm — {esc(h['grid']['reason'])}; {esc(h['orientation'])};
+intensity {esc(json.dumps(h['intensity']))}.
 Features: <b>{esc(summary['features']['extractor'])}</b> ({summary['features']['used_after_dropping_constant']} used,
 standardised with REAL's mean/std) — values are only comparable with the same extractor and harmonisation.
 MS-SSIM: {ms['scales']} scales, Gaussian kernel {ms['kernel_size']} (sigma {ms['kernel_sigma']}), data range {ms['data_range']}.
@@ -292,12 +153,32 @@ Confidence intervals: percentile bootstrap over volumes, {summary['bootstrap']['
 <table><tr><th>Metric</th><th>Value</th><th>95% CI</th><th>REAL vs REAL</th><th>How to read it</th></tr>
 {rows}</table>
 {"<h2>Label volumes (mL)</h2><table><tr><th>Label</th><th>REAL mean</th><th>SYNTH mean</th><th>relative difference</th></tr>" + label_rows + "</table>" if labels else ""}
+{anatomy_html}
 {flagged}
 <h2>Plots</h2>
 {images}
 <p>Computed in {summary['seconds']} s by meddiff {esc(str(summary['meddiff_version']))}.</p>
 </body></html>
 """
+
+
+def _anatomy_html(anatomy: dict[str, Any] | None) -> str:
+    if not anatomy:
+        return ""
+    esc = html.escape
+    rows = "\n".join(
+        f"<tr><td>{esc(name)}</td><td>{100 * e['presence']['real']:.0f} %</td><td>{100 * e['presence']['synthetic']:.0f} %</td>"
+        f"<td>{_fmt(e['volume_ml']['real']['mean'])}</td><td>{_fmt(e['volume_ml']['synthetic']['mean'])}</td>"
+        f"<td>{_fmt(e['volume_ml']['wasserstein'])}</td><td>{_fmt(e['volume_ml']['baseline_real_vs_real'])}</td>"
+        f"<td>{_fmt(e['components']['real']['mean'])}</td><td>{_fmt(e['components']['synthetic']['mean'])}</td></tr>"
+        for name, e in anatomy["structures"].items()
+    )
+    source = anatomy["segmenter"]
+    trust = f" Dice on held-out REAL: {esc(json.dumps(source['validation_dice']))}." if source.get("validation_dice") else ""
+    return (f"<h2>Anatomy</h2><p>Segmenter: {esc(source['kind'])}.{trust} Present: {esc(anatomy['presence_rule'])}.</p>"
+            "<table><tr><th>Structure</th><th>present REAL</th><th>present SYNTH</th><th>mean mL REAL</th>"
+            "<th>mean mL SYNTH</th><th>volume W1 (mL)</th><th>REAL vs REAL</th><th>components REAL</th>"
+            f"<th>components SYNTH</th></tr>{rows}</table>")
 
 
 def write_report(result: EvaluationResult, folder: str | Path) -> Path:
@@ -309,6 +190,8 @@ def write_report(result: EvaluationResult, folder: str | Path) -> Path:
         "histograms.png": histogram_plot(summary["intensity"]),
         "features_pca.png": pca_plot(result.features, summary["features"]["extractor"]),
     }
+    if summary.get("anatomy"):
+        images["anatomy.png"] = anatomy_plot(summary["anatomy"])
     if summary.get("memorization") is not None:
         images["memorization_pairs.png"], images["memorization_ncc.png"] = memorization_plots(result)
     pngs = {name: _png_bytes(image) for name, image in images.items()}
