@@ -59,3 +59,25 @@ def test_identical_set_is_close_and_blurred_set_is_far(phantom_sets, tmp_path): 
     assert identical["metrics"]["frechet_distance"]["ratio"] < 1e-6
     blurred = evaluate_folders(phantom_sets["real"], phantom_sets["blur2.4"], None, SETTINGS).summary["verdict"]
     assert blurred["overall"] == "far" and "x the real-vs-real distance" in blurred["line"]
+
+
+@pytest.mark.slow
+def test_bundled_model_samples_read_far_on_the_models_own_grid(tmp_path):
+    """Today's bundled default model against held-out CT phantoms, no grid options: the 6 mm grid of its sample
+    manifest is used, nothing is cropped (the phantoms' 380 mm fit in 384 mm) and the verdict says far."""
+    from meddiff_cli.model.registry import BUNDLED_DIR
+    from meddiff_cli.phantom import write_phantom_corpus
+    from meddiff_cli.sample import SampleOptions, sample_volumes
+
+    if not (BUNDLED_DIR / "default" / "model.json").is_file():
+        pytest.skip("no bundled default model in this checkout")
+    write_phantom_corpus("ct", 8, tmp_path / "heldout", size=64, seed=900)
+    sample_volumes(SampleOptions(modality="ct", count=4, out=tmp_path / "synth", backend="torch", device="cpu"))
+    summary = evaluate_folders(tmp_path / "heldout", tmp_path / "synth", None,
+                               EvaluateOptions(bootstrap_reps=0, anatomy=False)).summary
+    grid = summary["harmonisation"]["grid"]
+    assert (grid["size"], grid["spacing_mm"]) == ([64, 64, 64], [6.0, 6.0, 6.0]) and "sample manifest" in grid["reason"]
+    assert summary["warnings"] == [] and grid["crop"]["real"]["max_fraction"] == 0.0
+    verdict = summary["verdict"]
+    assert verdict["overall"] == "far" and verdict["line"].startswith("far from real: ")
+    assert verdict["metrics"]["frechet_distance"]["ratio"] > 5.0, verdict["line"]

@@ -71,7 +71,7 @@ def evaluate_command(
         default(EvaluateOptions, "features"),
         "--features",
         help="auto (medicalnet if imported, else radiomics), radiomics, frd (FRDv1 as frd-score computes it; "
-        "pip install 'meddiff[frd]'), medicalnet, or PATH to an ONNX extractor ([B,1,X,Y,Z] -> [B,F]).",
+        "pip install 'meddiff\\[frd]'), medicalnet, or PATH to an ONNX extractor ([B,1,X,Y,Z] -> [B,F]).",
     ),
     modality: str = typer.Option(default(EvaluateOptions, "modality"), "--modality",
                                  help="ct, mri, or auto (DICOM header, else air in HU = CT).",
