@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from meddiff_cli.io import read_nifti
 from meddiff_cli.model.card import ModelCard
-from meddiff_cli.models import resolve_model
+from meddiff_cli.model.registry import resolve_model
 
 BONE_HU = 250.0
 MIDLINE_HALF_WIDTH = 2  # voxels either side of the spine's centre column

@@ -21,13 +21,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from meddiff_cli.export import ensure_onnx, onnx_files
-from meddiff_cli.model.card import latent_normalization
-from meddiff_cli.model.card import ModelCard, preset_config
+from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.networks import DenoiserForExport, build_autoencoder, build_denoiser
+from meddiff_cli.model.presets import preset_config
+from meddiff_cli.model.registry import resolve_model
+from meddiff_cli.model.scheduler import build_scheduler, sample_latents
 from meddiff_cli.model.store import load_model, save_model
-from meddiff_cli.models import resolve_model
-from meddiff_cli.sample.backends import OnnxBackend, TorchBackend
-from meddiff_cli.sample.pipeline import build_scheduler, initial_noise, sample_latents
+from meddiff_cli.runtime import OnnxBackend, TorchBackend
+from meddiff_cli.sample.seeds import initial_noise
 
 
 def random_model(folder: Path, preset: str, latent_side: int) -> Path:
@@ -82,7 +83,7 @@ def time_backend(backend, card: ModelCard, batch: int, steps: int, repeats: int)
     step_ms = (time.perf_counter() - start) / repeats * 1000.0
     volume_shape = tuple(int(s) for s in card.volume["shape"])
     start = time.perf_counter()
-    latents = sample_latents(backend, build_scheduler(card), noise, 0, steps)
+    latents = sample_latents(backend.denoise, build_scheduler(card), latent, classes, steps)
     backend.decode(latents, volume_shape).cpu()
     synchronize(backend.torch_device)
     return step_ms, batch / (time.perf_counter() - start)

@@ -8,12 +8,14 @@ by its own providers, so the sampler parses here and checks the provider it real
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from meddiff_cli.errors import DeviceError, UsageError
+from meddiff_cli.paths import torchrun_launch
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved, so that parsing --device stays instant
+    import torch
 
 CHOICES_HELP = "auto, cpu, cuda or cuda:N"
 
@@ -34,8 +36,8 @@ class DeviceRequest:
         """The ordinal to use: explicit ``cuda:N``, else this torchrun process's local rank, else 0."""
         if self.index is not None:
             return self.index
-        under_torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-        return int(os.environ.get("LOCAL_RANK", "0") or 0) if under_torchrun else 0
+        launch = torchrun_launch()
+        return launch.local_rank if launch.distributed else 0
 
     def __str__(self) -> str:
         return f"cuda:{self.index}" if self.kind == "cuda" and self.index is not None else self.kind
@@ -55,12 +57,16 @@ def parse_device(text: str | DeviceRequest | None) -> DeviceRequest:
 
 def check_cuda_index(request: DeviceRequest) -> None:
     """``cuda:N`` beyond the GPUs torch can see is a device error, not a crash later on."""
+    import torch
+
     if request.kind == "cuda" and torch.cuda.is_available() and request.cuda_index >= torch.cuda.device_count():
         raise DeviceError(f"--device {request}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 def resolve_device(text: str | DeviceRequest | None) -> torch.device:
     """The torch device a ``--device`` value means here and now (see the module docstring for the rules)."""
+    import torch
+
     request = parse_device(text)
     if request.kind == "cpu" or (request.kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
@@ -89,6 +95,8 @@ def cpu_has_fast_bf16() -> bool:
 
 def describe_device(device: torch.device | str) -> str:
     """Human label for the 'running on …' line: the GPU's name, or the CPU threads torch uses."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -15,7 +15,7 @@ from pathlib import Path
 from meddiff_cli.fsutil import sha256_file
 from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_state_dict, save_state_dict
-from meddiff_cli.models import verify_model
+from meddiff_cli.model.registry import verify_model
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from meddiff_cli.io.preview import mid_slices
 from meddiff_cli.phantom import generate_phantom
 
 CT_WINDOW = (-1000.0, 400.0)  # lung + soft tissue in one window
@@ -19,26 +20,6 @@ CT_WINDOW = (-1000.0, 400.0)  # lung + soft tissue in one window
 
 def to_uint8(plane: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.clip((plane - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def display(plane: np.ndarray, flip_columns: bool) -> np.ndarray:
-    """Array plane [a, b] to image rows/columns: b (anterior or superior) up; radiological left-right."""
-    rows_up = np.flipud(plane.T)
-    return rows_up[:, ::-1] if flip_columns else rows_up
-
-
-def mid_slices(array: np.ndarray, sagittal_offset: int = 0) -> list[np.ndarray]:
-    """Axial, coronal and sagittal mid-planes in radiological convention (patient's right on the left).
-
-    ``sagittal_offset`` moves the sagittal plane off the midline (a brain's midline is the CSF of the
-    interhemispheric fissure; a few mm aside shows the folded medial cortex).
-    """
-    i, j, k = (n // 2 for n in array.shape)
-    i += sagittal_offset
-    axial = display(array[:, :, k], flip_columns=True)  # x is RAS+ (right = +x): mirror to put it left
-    coronal = display(array[:, j, :], flip_columns=True)
-    sagittal = display(array[i, :, :], flip_columns=True)  # anterior on the left, as scanners show it
-    return [axial, coronal, sagittal]
 
 
 def montage(size: int, count: int, out: Path) -> None:

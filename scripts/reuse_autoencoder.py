@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from meddiff_cli.model.card import ModelCard, preset_config
+from meddiff_cli.model.card import ModelCard
+from meddiff_cli.model.presets import preset_config
 from meddiff_cli.model.networks import build_denoiser
 from meddiff_cli.model.store import load_model, save_model
-from meddiff_cli.train.trainer import apply_overrides
+from meddiff_cli.train.setup import apply_overrides
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ def pytest_collection_modifyitems(config, items):
 
 def make_tiny_card(name: str = "tiny"):
     """A model card for the tiny preset: CT + MRI, 32^3 volumes at 2 mm, latent 4x8^3, rectified flow."""
-    from meddiff_cli.model.card import ModelCard, preset_config
+    from meddiff_cli.model.card import ModelCard
+    from meddiff_cli.model.presets import preset_config
 
     preset = preset_config("tiny")
     return ModelCard(

@@ -95,16 +95,24 @@ def test_verbose_shows_settings_with_their_source_and_timing(tmp_path, run_meddi
     assert "phantom_ct_0001 written" in err and "s wall time" in err
 
 
-def test_version_names_the_runtime_stack(run_meddiff):
+def test_version_names_the_runtime_stack_and_config_devices_what_it_can_use(run_meddiff):
+    import monai
     import onnxruntime
     import torch
 
-    code, out, _ = run_meddiff("--version")
+    code, out, _ = run_meddiff("--version")  # from package metadata: instant (tests/test_cli_startup.py)
     lines = out.splitlines()
     assert code == 0 and lines[0] == f"meddiff {__version__}"
-    assert f"torch {torch.__version__}" in out and f"CUDA available: {'yes' if torch.cuda.is_available() else 'no'}" in out
-    assert f"onnxruntime {onnxruntime.__version__}" in out
+    assert f"torch {torch.__version__}" in lines and f"monai {monai.__version__}" in lines
+    assert any(line.startswith("onnxruntime") and line.endswith(f" {onnxruntime.__version__}") for line in lines)
+    code, out, _ = run_meddiff("config", "devices")
+    assert code == 0 and f"torch {torch.__version__}" in out
+    assert f"CUDA available: {'yes' if torch.cuda.is_available() else 'no'}" in out
     assert all(provider in out for provider in onnxruntime.get_available_providers())
+    code, out, _ = run_meddiff("config", "devices", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["cuda_available"] == torch.cuda.is_available()
+    assert report["onnxruntime_providers"] == onnxruntime.get_available_providers()
 
 
 def _commands(group, path=()):

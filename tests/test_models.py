@@ -10,7 +10,7 @@ import pytest
 from conftest import save_random_tiny_model
 from meddiff_cli.errors import ModelError, UsageError
 from meddiff_cli.model.card import ModelCard
-from meddiff_cli.models import (
+from meddiff_cli.model.registry import (
     import_model, list_models, model_lock, remove_model, resolve_model, verify_model,
 )
 
@@ -119,7 +119,7 @@ def test_model_lock_excludes_other_holders(tiny_model):
 
 def test_bundled_default_is_copied_into_the_cache_verified_on_first_use(isolated_cache):
     """The package's default model resolves to a cache copy whose every file matches the card's sha256."""
-    from meddiff_cli.models import BUNDLED_DIR, verify_model
+    from meddiff_cli.model.registry import BUNDLED_DIR, verify_model
 
     if not (BUNDLED_DIR / "default" / "model.json").is_file():
         pytest.skip("no bundled default model in this checkout")

@@ -18,7 +18,7 @@ import meddiff_cli.io.limits as limits
 from meddiff_cli.fsutil import sha256_file
 from meddiff_cli.io import Volume, write_nifti
 from meddiff_cli.sample import SampleOptions, sample_volumes
-from meddiff_cli.sample.backends import OnnxBackend, TorchBackend
+from meddiff_cli.runtime import OnnxBackend, TorchBackend
 
 COUNT = 5
 
@@ -80,7 +80,7 @@ def test_out_of_memory_at_batch_one_is_a_device_error(tiny_model, tmp_path, run_
 
 
 def test_other_runtime_errors_are_not_mistaken_for_out_of_memory():
-    from meddiff_cli.sample.pipeline import is_out_of_memory
+    from meddiff_cli.sample.memory import is_out_of_memory
 
     assert is_out_of_memory(ort_oom()) and is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9e9 bytes"))
@@ -90,7 +90,7 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory():
 
 def test_max_memory_lowers_the_batch_up_front_or_refuses(tiny_model, tmp_path, run_meddiff):
     from meddiff_cli.model.card import ModelCard
-    from meddiff_cli.sample.pipeline import estimate_volume_memory
+    from meddiff_cli.sample.memory import estimate_volume_memory
 
     per_volume = estimate_volume_memory(ModelCard.load(tiny_model), "fp32")
     # the decoder's full-resolution activations dominate: 32^3 voxels x 8 channels x 4 tensors x 4 bytes + output

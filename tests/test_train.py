@@ -126,7 +126,7 @@ def test_scheduler_kwargs_rebuild_monai_scheduler_and_reach_data(trained):
     """The card's scheduler + convention reproduce x0 exactly when the velocity is the true x0 - noise."""
     from monai.networks.schedulers import RFlowScheduler
 
-    from meddiff_cli.train.trainer import euler_sample
+    from meddiff_cli.model.scheduler import build_scheduler, sample_latents
 
     card = ModelCard.load(trained[0])
     assert RFlowScheduler(**card.scheduler).num_train_timesteps == 1000
@@ -134,10 +134,10 @@ def test_scheduler_kwargs_rebuild_monai_scheduler_and_reach_data(trained):
     x0 = torch.randn(1, 4, 4, 4, 4, generator=generator)
     noise = torch.randn(1, 4, 4, 4, 4, generator=generator)
 
-    def ideal(latent, timesteps, class_labels):  # straight path: the velocity is constant
+    def ideal(latent, timesteps, class_ids):  # straight path: the velocity is constant
         return x0 - noise
 
-    result = euler_sample(ideal, card.scheduler, noise, torch.tensor([0]), steps=7)
+    result = sample_latents(ideal, build_scheduler(card), noise, torch.tensor([0]), steps=7)
     assert torch.allclose(result, x0, atol=1e-5)
     scheduler = RFlowScheduler(**card.scheduler)
     noisy = scheduler.add_noise(x0, noise, torch.tensor([250.0]))
@@ -225,7 +225,7 @@ def test_latents_are_standardised_per_channel_and_the_decoder_inverts_it(trained
 
 
 def test_mixed_precision_modes():
-    from meddiff_cli.train.trainer import training_amp_dtype
+    from meddiff_cli.train.setup import training_amp_dtype
 
     cpu = torch.device("cpu")
     assert training_amp_dtype(cpu, "none") is None and training_amp_dtype(cpu, "bf16") is torch.bfloat16

@@ -19,7 +19,7 @@ from meddiff_cli.train.checkpoint import (
     CHECKPOINT_DIR, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer,
 )
 from meddiff_cli.train.data import StepBatchSampler, augment, load_training_data
-from meddiff_cli.train.trainer import EmaWithWarmup, adversarial_weight, warmup_cosine
+from meddiff_cli.train.schedules import EmaWithWarmup, adversarial_weight, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_support import make_data  # noqa: E402

@@ -1,8 +1,12 @@
-"""The ``meddiff`` Typer application and its error-handling entry point."""
+"""The ``meddiff`` Typer application: registers every command and turns errors into one line and an exit code.
+
+Start-up must stay fast (``--help``, ``--version`` and every TAB completion run this module): command modules
+import their stage (torch, MONAI, ONNX Runtime) inside the command function, never at module level, and
+``tests/test_cli_startup.py`` checks that resolving ``meddiff --help`` imports none of them.
+"""
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -10,12 +14,17 @@ import typer
 from rich.markup import escape
 
 from meddiff_cli import __version__
+from meddiff_cli.cli import augment_seg, config, evaluate, export, models, phantom, preprocess, sample, train
 from meddiff_cli.cli.common import err_console
 from meddiff_cli.errors import EXIT_CODE_HELP, ExitCode, MeddiffError
+from meddiff_cli.paths import CONFIG_ENV
 from meddiff_cli.signals import install_sigterm_handler
 
 INTERRUPTED_MESSAGE = "interrupted: finished outputs are kept, temp files removed; rerun the same command to resume"
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODE_HELP.items()) + "."
+# In pipeline order: that is the order `meddiff --help` lists them in.
+COMMAND_MODULES = (phantom, preprocess, train, sample, evaluate, augment_seg, export, models, config)
+VERSION_DISTRIBUTIONS = ("torch", "monai", ("onnxruntime-gpu", "onnxruntime"))
 
 app = typer.Typer(
     name="meddiff",
@@ -27,35 +36,24 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-# Each module registers its command(s) on ``app`` when imported. Only working commands are listed.
-COMMAND_MODULES: list[str] = [
-    "meddiff_cli.cli.evaluate",
-    "meddiff_cli.cli.train",
-    "meddiff_cli.cli.augment_seg",
-    "meddiff_cli.cli.export",
-    "meddiff_cli.cli.sample",
-    "meddiff_cli.cli.models",
-    "meddiff_cli.cli.preprocess",
-    "meddiff_cli.cli.phantom",
-    "meddiff_cli.cli.config",
-]
-
 
 def version_lines() -> list[str]:
-    """What a bug report needs: meddiff, Python, torch (+CUDA), ONNX Runtime and its execution providers."""
+    """meddiff, Python and the installed torch, MONAI and ONNX Runtime versions, from package metadata (no
+    import: ``--version`` answers at once); ``meddiff config devices`` says which GPUs they can use."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    import onnxruntime
-    import torch
-
-    cuda = (f"yes, {torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)}"
-            if torch.cuda.is_available() else "no")
-    return [
-        f"meddiff {__version__}",
-        f"python {platform.python_version()} ({platform.platform(terse=True)})",
-        f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}; CUDA available: {cuda})",
-        f"onnxruntime {onnxruntime.__version__} (providers: {', '.join(onnxruntime.get_available_providers())})",
-    ]
+    lines = [f"meddiff {__version__}", f"python {platform.python_version()} ({platform.platform(terse=True)})"]
+    for names in VERSION_DISTRIBUTIONS:
+        for name in (names,) if isinstance(names, str) else names:
+            try:
+                lines.append(f"{name} {version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            lines.append(f"{names if isinstance(names, str) else names[-1]} not installed")
+    return lines
 
 
 def _version_callback(value: bool) -> None:
@@ -64,20 +62,15 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-def _config_callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
-    from meddiff_cli.cli.config import apply_config  # imported late: that module registers on ``app``
-
-    return apply_config(ctx, param, value)
-
-
 @app.callback()
 def root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True,
-        help="Print meddiff, python, torch and onnxruntime versions, CUDA availability and ORT providers; exit.",
+        help="Print meddiff, python, torch, MONAI and ONNX Runtime versions and exit "
+             "(GPUs and ORT providers: meddiff config devices).",
     ),
-    config: Path | None = typer.Option(
-        None, "--config", envvar="MEDDIFF_CONFIG", callback=_config_callback, is_eager=True,
+    config_file: Path | None = typer.Option(
+        None, "--config", envvar=CONFIG_ENV, callback=config.apply_config, is_eager=True,
         help="TOML file with a [COMMAND] table of option values (flag > env MEDDIFF_* > file > default).",
     ),
 ) -> None:
@@ -85,7 +78,7 @@ def root(
 
 
 for _module in COMMAND_MODULES:
-    importlib.import_module(_module)
+    _module.register(app)
 
 
 def main() -> None:

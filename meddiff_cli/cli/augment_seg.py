@@ -9,13 +9,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, show_settings
+from meddiff_cli.cli.common import VERBOSE_OPTION, choice, complete_device, default, info, print_json, show_settings
 from meddiff_cli.errors import UsageError
-from meddiff_cli.segmentation import ExperimentSettings, run_experiment
-from meddiff_cli.segmentation.experiment import PLOT_NAME, RESULTS_NAME
+from meddiff_cli.modality import ALIASES, AUTO, MODALITIES
+from meddiff_cli.segmentation.options import PLOT_NAME, PRETRAIN_METHODS, RESULTS_NAME, ExperimentSettings
 
-DEFAULTS = ExperimentSettings(images=Path(), labels=Path(), synthetic=Path())
+HELP = (
+    "Does synthetic data help segmentation when labels are scarce? Trains a MONAI 3D UNet on K labelled "
+    "volumes from scratch (arm A) and after self-supervised pre-training on synthetic volumes (arm B; "
+    "optionally C: real + labelled synthetic), for each K and seed, and compares test Dice/HD95."
+)
+EPILOG = (
+    "Example: meddiff augment-seg --images ct/images --labels ct/labels --synthetic synth/ "
+    "--n-labelled 2,4,8 --seeds 3 --out seg-exp/  "
+    f"(writes seg-exp/{RESULTS_NAME}, seg-exp/{PLOT_NAME} and seg-exp/models/*.safetensors; "
+    "an epoch is --steps-per-epoch batches, whatever K is; see docs/augment-seg.md)."
+)
+
+
+def _default(name: str):
+    return default(ExperimentSettings, name)
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -64,20 +77,6 @@ def paired_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command(
-    "augment-seg",
-    help=(
-        "Does synthetic data help segmentation when labels are scarce? Trains a MONAI 3D UNet on K labelled "
-        "volumes from scratch (arm A) and after self-supervised pre-training on synthetic volumes (arm B; "
-        "optionally C: real + labelled synthetic), for each K and seed, and compares test Dice/HD95."
-    ),
-    epilog=(
-        "Example: meddiff augment-seg --images ct/images --labels ct/labels --synthetic synth/ "
-        "--n-labelled 2,4,8 --seeds 3 --out seg-exp/  "
-        "(writes seg-exp/results.json, seg-exp/dice_vs_k.png and seg-exp/models/*.safetensors; "
-        "an epoch is --steps-per-epoch batches, whatever K is; see docs/augment-seg.md)."
-    ),
-)
 def augment_seg_command(
     images: Path = typer.Option(..., "--images", help="Folder of training images (any format meddiff reads)."),
     labels: Path = typer.Option(..., "--labels", help="Folder of label maps, paired with images by case id (file name)."),
@@ -87,39 +86,41 @@ def augment_seg_command(
     test_images: Path | None = typer.Option(None, "--test-images", help="Held-out test images (with --test-labels)."),
     test_labels: Path | None = typer.Option(None, "--test-labels", help="Label maps of the test images."),
     test_fraction: float = typer.Option(
-        DEFAULTS.test_fraction, "--test-fraction", help="Without --test-images: fraction of cases held out (fixed split)."
+        _default("test_fraction"), "--test-fraction", help="Without --test-images: fraction of cases held out (fixed split)."
     ),
-    n_labelled: str = typer.Option("2,4,8", "--n-labelled", help="Numbers of labelled training volumes K, comma-separated."),
-    seeds: int = typer.Option(DEFAULTS.seeds, "--seeds", help="Repetitions per K (seeds 0..N-1: subset, init, batches)."),
-    pretrain: str = typer.Option(DEFAULTS.pretrain, "--pretrain", help="Arm B pre-training: ssl (Models-Genesis-style restoration)."),
-    epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", help="Supervised epochs per model (same for every arm)."),
-    pretrain_epochs: int = typer.Option(DEFAULTS.pretrain_epochs, "--pretrain-epochs", help="Self-supervised epochs (arm B)."),
-    steps_per_epoch: int = typer.Option(DEFAULTS.steps_per_epoch, "--steps-per-epoch", help="Optimiser steps per epoch."),
-    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", help="Volumes per step."),
-    lr: float = typer.Option(DEFAULTS.learning_rate, "--lr", help="Adam learning rate (pre-training and training)."),
-    size: int = typer.Option(DEFAULTS.size, "--size", help="Volumes are harmonised to SIZE^3 (a multiple of 8)."),
+    n_labelled: str = typer.Option(",".join(map(str, _default("n_labelled"))), "--n-labelled", help="Numbers of labelled training volumes K, comma-separated."),
+    seeds: int = typer.Option(_default("seeds"), "--seeds", help="Repetitions per K (seeds 0..N-1: subset, init, batches)."),
+    pretrain: str = typer.Option(_default("pretrain"), "--pretrain", help="Arm B pre-training: ssl (Models-Genesis-style "
+                                 "restoration).", **choice(PRETRAIN_METHODS)),
+    epochs: int = typer.Option(_default("epochs"), "--epochs", help="Supervised epochs per model (same for every arm)."),
+    pretrain_epochs: int = typer.Option(_default("pretrain_epochs"), "--pretrain-epochs", help="Self-supervised epochs (arm B)."),
+    steps_per_epoch: int = typer.Option(_default("steps_per_epoch"), "--steps-per-epoch", help="Optimiser steps per epoch."),
+    batch_size: int = typer.Option(_default("batch_size"), "--batch-size", "-b", help="Volumes per step."),
+    lr: float = typer.Option(_default("learning_rate"), "--lr", help="Adam learning rate (pre-training and training)."),
+    size: int = typer.Option(_default("size"), "--size", help="Volumes are harmonised to SIZE^3 (a multiple of 8)."),
     spacing: float | None = typer.Option(
-        None, "--spacing", help="Isotropic voxel size in mm (default: the largest scan's field of view fits SIZE)."
+        _default("spacing"), "--spacing", help="Isotropic voxel size in mm (default: the largest scan's field of view fits SIZE)."
     ),
-    modality: str = typer.Option("auto", "--modality", help="ct, mri, or auto (phantom/preprocess manifest or DICOM header)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA)."),
+    modality: str = typer.Option(_default("modality"), "--modality", "-m", help="ct, mri, or auto (phantom/preprocess "
+                                 "manifest or DICOM header).", **choice((*MODALITIES, AUTO), ALIASES)),
+    device: str = typer.Option(_default("device"), "--device", autocompletion=complete_device,
+                               help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA)."),
     out: Path = typer.Option(Path("augment-seg"), "--out", "-o", help="Output folder: results.json, dice_vs_k.png, models/."),
-    arm_c: bool = typer.Option(False, "--arm-c", help="Also train arm C: real + labelled synthetic volumes (needs SYNTHETIC/labels)."),
+    arm_c: bool = typer.Option(_default("arm_c"), "--arm-c", help="Also train arm C: real + labelled synthetic volumes (needs SYNTHETIC/labels)."),
     json_output: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages on stderr."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    from meddiff_cli.segmentation import run_experiment
+
     show_settings(verbose, quiet)
-    modality = modality.lower()
     settings = ExperimentSettings(
         images=images, labels=labels, synthetic=synthetic, test_images=test_images, test_labels=test_labels,
         test_fraction=test_fraction, n_labelled=_int_list(n_labelled, "--n-labelled"), seeds=seeds,
         pretrain=pretrain, epochs=epochs, pretrain_epochs=pretrain_epochs, steps_per_epoch=steps_per_epoch,
         batch_size=batch_size, learning_rate=lr, size=size, spacing=spacing,
-        modality="mri" if modality == "mr" else modality, device=device, arm_c=arm_c,
+        modality=modality, device=device, arm_c=arm_c,
     )
-    if settings.modality not in ("auto", "ct", "mri"):
-        raise UsageError(f"--modality must be auto, ct or mri, got {modality!r}")
     results = run_experiment(settings, out, progress=lambda message: info(message, quiet))
     if json_output:
         print_json(results)
@@ -131,3 +132,7 @@ def augment_seg_command(
         for line in paired_lines(results):
             stdout.print(line, highlight=False, soft_wrap=True)
     info(f"wrote {out / RESULTS_NAME}, {out / PLOT_NAME} and {len(results['runs'])} models in {out / 'models'}", quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("augment-seg", help=HELP, epilog=EPILOG)(augment_seg_command)

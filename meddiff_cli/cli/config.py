@@ -1,4 +1,4 @@
-"""Settings from a TOML file and ``MEDDIFF_*`` env vars, and ``meddiff config show``.
+"""Settings from a TOML file and ``MEDDIFF_*`` env vars, ``meddiff config show`` and ``meddiff config devices``.
 
 ``meddiff --config run.toml CMD …`` (or ``MEDDIFF_CONFIG=run.toml``) loads ``[CMD]`` tables into click's
 ``default_map``; every subcommand option gets the env var ``MEDDIFF_<CMD>_<FLAG>`` (``MEDDIFF_SAMPLE_COUNT``).
@@ -17,8 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import describe_parameters, print_json
+from meddiff_cli.cli.common import VERBOSE_OPTION, describe_parameters, print_json, show_settings
 from meddiff_cli.errors import BadInputError, InputNotFoundError, UsageError
 
 
@@ -91,7 +90,7 @@ def load_config(path: Path, group: Any) -> dict[str, Any]:
     return default_map
 
 
-def apply_config(ctx: typer.Context, _param: Any, value: Optional[Path]) -> Optional[Path]:
+def apply_config(ctx: typer.Context, _param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     """Root ``--config`` callback (always called): subcommand contexts created after it see env names and file."""
     name_envvars(ctx.command)
     if value is not None and not ctx.resilient_parsing:
@@ -120,10 +119,14 @@ def effective_settings(root: Any, path: list[str]) -> dict[str, dict[str, dict[s
 
 config_app = typer.Typer(
     name="config", no_args_is_help=True,
-    help="Inspect settings: which value every option of every command would take, and where it comes from.",
+    help="Inspect settings (which value every option of every command would take, and where it comes from) "
+         "and the devices torch and ONNX Runtime can use.",
     epilog="Example: MEDDIFF_SAMPLE_STEPS=30 meddiff --config run.toml config show sample",
 )
-app.add_typer(config_app, name="config")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")
 
 
 @config_app.command(
@@ -144,7 +147,7 @@ def show_command(
 ) -> None:
     root = ctx.find_root()
     settings = effective_settings(root, list(command or []))
-    config_file = root.params.get("config")
+    config_file = root.params.get("config_file")
     if json_output:
         print_json({"config_file": str(config_file) if config_file else None, "commands": settings})
         return
@@ -157,3 +160,32 @@ def show_command(
             row = [entry["flag"], repr(entry["value"]), entry["source"]]
             table.add_row(*row, *([entry["env"] or "-"] if verbose else []))
         console.print(table)
+
+
+@config_app.command(
+    "devices",
+    help="Print the torch build (CUDA version, visible GPUs) and ONNX Runtime's execution providers, i.e. what "
+         "--device auto can use here. Imports torch and ONNX Runtime, so it takes a few seconds.",
+    epilog="Example: meddiff config devices --json",
+)
+def devices_command(
+    json_output: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Accepted for symmetry; prints nothing extra anyway."),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    import onnxruntime
+    import torch
+
+    show_settings(verbose, quiet)
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    report = {
+        "torch": torch.__version__, "torch_cuda_build": torch.version.cuda, "cuda_available": bool(gpus), "gpus": gpus,
+        "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
+    }
+    if json_output:
+        print_json(report)
+        return
+    cuda = f"yes, {len(gpus)} GPU(s): {', '.join(gpus)}" if gpus else "no"
+    typer.echo(f"torch {report['torch']} (CUDA build: {report['torch_cuda_build'] or 'none'}; CUDA available: {cuda})")
+    typer.echo(f"onnxruntime {report['onnxruntime']} (providers: {', '.join(report['onnxruntime_providers'])})")

@@ -6,31 +6,31 @@ from pathlib import Path
 
 import typer
 
-from meddiff_cli.cache import models_dir
-from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import VERBOSE_OPTION, err_console, info, print_json, show_settings
+from meddiff_cli.cli.common import VERBOSE_OPTION, complete_model, err_console, info, print_json, show_settings
 from meddiff_cli.errors import UsageError
 from meddiff_cli.model.card import ModelCard
-from meddiff_cli.models import (
-    import_model, list_models, model_summary, remove_model, resolve_model, set_offline, verify_model,
-)
+from meddiff_cli.model.registry import import_model, list_models, model_summary, remove_model, resolve_model, verify_model
+from meddiff_cli.paths import models_dir
 
 models_app = typer.Typer(
     name="models", no_args_is_help=True,
     help="Manage the local model cache ($MEDDIFF_HOME or the user cache; never touches the network).",
     epilog="Example: meddiff models list; meddiff models verify my-model; meddiff models import ./my-model --name ct64",
 )
-app.add_typer(models_app, name="models")
 
 CACHE_OPTION = typer.Option(None, "--cache-dir", help="Model cache folder (default: $MEDDIFF_HOME or the user cache).")
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON on stdout.")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No messages on stderr.")
+NAME_ARGUMENT_HELP = "Model name (TAB completes cached ones) or folder."
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
 
 
 @models_app.callback()
-def models_root(offline: bool = typer.Option(False, "--offline", help="Guarantee no network access (MEDDIFF_OFFLINE=1).")) -> None:
-    if offline:
-        set_offline()
+def models_root(offline: bool = typer.Option(False, "--offline", help="Accepted for scripts: meddiff never uses the network.")) -> None:
+    """Nothing to set up: every subcommand works on the local cache only."""
 
 
 @models_app.command("list", help="List cached models.", epilog="Example: meddiff models list --json")
@@ -54,9 +54,8 @@ def list_command(cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON
 
 
 @models_app.command("info", help="Show a model's card.", epilog="Example: meddiff models info default --json")
-def info_command(name: str = typer.Argument(..., help="Model name or folder."), cache_dir: Path | None = CACHE_OPTION,
-                 json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION,
-                 verbose: bool = VERBOSE_OPTION) -> None:
+def info_command(name: str = typer.Argument(..., help=NAME_ARGUMENT_HELP, autocompletion=complete_model), cache_dir: Path | None = CACHE_OPTION,
+                 json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION, verbose: bool = VERBOSE_OPTION) -> None:
     show_settings(verbose, quiet)
     folder = resolve_model(name, cache_dir)
     summary = model_summary(folder)
@@ -69,10 +68,10 @@ def info_command(name: str = typer.Argument(..., help="Model name or folder."), 
 
 @models_app.command("verify", help="Check the sha256 of every file listed in the model card(s) (exit 6 on mismatch).",
                     epilog="Example: meddiff models verify  (all cached models) or meddiff models verify my-model")
-def verify_command(name: str | None = typer.Argument(None, help="Model name or folder (default: every cached model)."),
+def verify_command(name: str | None = typer.Argument(None, autocompletion=complete_model,
+                                                   help="Model name or folder (default: every cached model)."),
                    cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION,
-                   quiet: bool = QUIET_OPTION,
-                 verbose: bool = VERBOSE_OPTION) -> None:
+                   quiet: bool = QUIET_OPTION, verbose: bool = VERBOSE_OPTION) -> None:
     show_settings(verbose, quiet)
     folders = [resolve_model(name, cache_dir)] if name else [Path(e["folder"]) for e in list_models(cache_dir)]
     report = {}
@@ -89,8 +88,7 @@ def import_command(path: Path = typer.Argument(..., help="Model folder (model.js
                    name: str | None = typer.Option(None, "--name", help="Name in the cache (default: the card's name)."),
                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cached model of that name."),
                    cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION,
-                   quiet: bool = QUIET_OPTION,
-                 verbose: bool = VERBOSE_OPTION) -> None:
+                   quiet: bool = QUIET_OPTION, verbose: bool = VERBOSE_OPTION) -> None:
     show_settings(verbose, quiet)
     target = import_model(path, name, cache_dir, overwrite)
     info(f"imported {path} as {target.name} ({target})", quiet)
@@ -99,10 +97,10 @@ def import_command(path: Path = typer.Argument(..., help="Model folder (model.js
 
 
 @models_app.command("rm", help="Delete a model from the cache.", epilog="Example: meddiff models rm old-model --yes")
-def rm_command(name: str = typer.Argument(..., help="Model name in the cache."),
+def rm_command(name: str = typer.Argument(..., help="Model name in the cache.", autocompletion=complete_model),
                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
                cache_dir: Path | None = CACHE_OPTION, json_output: bool = JSON_OPTION, quiet: bool = QUIET_OPTION,
-                 verbose: bool = VERBOSE_OPTION) -> None:
+               verbose: bool = VERBOSE_OPTION) -> None:
     show_settings(verbose, quiet)
     if not yes:
         if not err_console.is_terminal:

@@ -6,18 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
-from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
+from meddiff_cli.cli.common import VERBOSE_OPTION, choice, default, info, print_json, progress_bar, show_settings
 from meddiff_cli.errors import BadInputError, PartialFailure, UsageError
-from meddiff_cli.preprocess import (
-    DEFAULT_SIZE,
-    DEFAULT_SPACING_MM,
-    DEFAULT_WINDOW_HU,
-    ERRORS_NAME,
-    PreprocessSettings,
-    preprocess_cases,
+from meddiff_cli.modality import ALIASES, AUTO, MODALITIES
+from meddiff_cli.preprocess.settings import DEFAULT_SIZE, DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, PreprocessSettings
+
+HELP = (
+    "Put scans (NIfTI, NRRD, MHA/MHD, DICOM folders; a `meddiff phantom` folder as is) onto one RAS grid "
+    "and a -1..1 intensity scale, ready for training. Resumable: finished cases are skipped."
+)
+EPILOG = (
+    "Example: meddiff preprocess phantoms/ --out prep/ --size 64  "
+    f"(defaults: spacing {DEFAULT_SPACING_MM['ct']} mm for CT, {DEFAULT_SPACING_MM['mri']} mm for MRI; "
+    f"size {DEFAULT_SIZE}; CT window {DEFAULT_WINDOW_HU[0]:g},{DEFAULT_WINDOW_HU[1]:g} HU). "
+    "Exit codes: 0 all done, 3 no input found, 4 every case failed, 5 some cases failed (see errors.json)."
 )
 
 
@@ -33,29 +36,20 @@ def _numbers(text: str | None, flag: str, count: tuple[int, ...]) -> list[float]
     return values
 
 
-@app.command(
-    "preprocess",
-    help=(
-        "Put scans (NIfTI, NRRD, MHA/MHD, DICOM folders; a `meddiff phantom` folder as is) onto one RAS grid "
-        "and a -1..1 intensity scale, ready for training. Resumable: finished cases are skipped."
-    ),
-    epilog=(
-        "Example: meddiff preprocess phantoms/ --out prep/ --size 64  "
-        f"(defaults: spacing {DEFAULT_SPACING_MM['ct']} mm for CT, {DEFAULT_SPACING_MM['mri']} mm for MRI; "
-        f"size {DEFAULT_SIZE}; CT window {DEFAULT_WINDOW_HU[0]:g},{DEFAULT_WINDOW_HU[1]:g} HU). "
-        "Exit codes: 0 all done, 3 no input found, 4 every case failed, 5 some cases failed (see errors.json)."
-    ),
-)
 def preprocess_command(
     inputs: list[Path] = typer.Argument(..., help="Files or folders (mixed formats; folders searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: images/, labels/, manifest.json, errors.json."),
-    modality: str = typer.Option("auto", "--modality", help="ct, mri, or auto (DICOM header / phantom manifest)."),
+    modality: str = typer.Option(default(PreprocessSettings, "modality"), "--modality", "-m",
+                                 help="ct, mri, or auto (DICOM header / phantom manifest).",
+                                 **choice((*MODALITIES, AUTO), ALIASES)),
     spacing: str | None = typer.Option(
-        None, "--spacing", help="Output voxel size in mm: MM or MM,MM,MM (default: 3 for CT, 1.5 for MRI)."
+        None, "--spacing", help="Output voxel size in mm: MM or MM,MM,MM (default: "
+        f"{DEFAULT_SPACING_MM['ct']:g} for CT, {DEFAULT_SPACING_MM['mri']:g} for MRI)."
     ),
     size: str = typer.Option(str(DEFAULT_SIZE), "--size", help="Output shape: N or N,N,N (centre crop/pad)."),
     window: str | None = typer.Option(
-        None, "--window", help="CT window LO,HI in HU mapped to -1..1 (default: -1000,1000)."
+        None, "--window", help="CT window LO,HI in HU mapped to -1..1 (default: "
+        f"{DEFAULT_WINDOW_HU[0]:g},{DEFAULT_WINDOW_HU[1]:g})."
     ),
     labels: Path | None = typer.Option(
         None, "--labels", help="Folder of label maps paired with cases by case id (nearest-neighbour resampled)."
@@ -70,10 +64,11 @@ def preprocess_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages on stderr."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    from rich.markup import escape
+
+    from meddiff_cli.preprocess import ERRORS_NAME, preprocess_cases
+
     show_settings(verbose, quiet)
-    modality = modality.lower()
-    if modality == "mr":
-        modality = "mri"
     if window is not None and modality == "mri":
         raise UsageError("--window applies to CT only")
     size_values = _numbers(size, "--size", (1, 3))
@@ -113,3 +108,7 @@ def preprocess_command(
         if summary["failed"] == len(result.cases):
             raise BadInputError(message, out)
         raise PartialFailure(message, out)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("preprocess", help=HELP, epilog=EPILOG)(preprocess_command)

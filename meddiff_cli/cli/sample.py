@@ -8,10 +8,25 @@ from typing import Any
 
 import typer
 
-from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
-from meddiff_cli.models import set_offline
-from meddiff_cli.sample import DEFAULT_STEPS, SampleOptions, SampleProgress, parse_shard, sample_volumes
+from meddiff_cli.cli.common import (
+    VERBOSE_OPTION, choice, complete_device, complete_model, default, info, print_json, progress_bar, show_settings,
+)
+from meddiff_cli.modality import ALIASES
+from meddiff_cli.sample.options import (
+    BACKENDS, FORMATS, MODALITIES, PRECISIONS, SAMPLERS, SampleOptions, SampleProgress,
+)
+
+HELP = (
+    "Generate synthetic CT/MRI volumes from a trained model (rectified-flow sampling in latent space, "
+    "ONNX Runtime by default). Outputs are marked synthetic and listed with seeds and sha256 in "
+    "DIR/manifest.json; an interrupted run resumes where it stopped."
+)
+EPILOG = (
+    "Example: meddiff sample --modality ct --count 20 --out synth/ --seed 0 --preview  "
+    "(volume i of seed S is the same for any --batch-size or --shard; split a run over 4 jobs with "
+    "--shard 0/4 … --shard 3/4 into the same DIR). Exit codes: 2 bad flags or existing outputs without "
+    "--overwrite, 6 model missing/tampered, 7 requested device unavailable."
+)
 
 
 class _RichProgress(SampleProgress):
@@ -49,53 +64,54 @@ class _RichProgress(SampleProgress):
             self.last = now
 
 
-@app.command(
-    "sample",
-    help=(
-        "Generate synthetic CT/MRI volumes from a trained model (rectified-flow sampling in latent space, "
-        "ONNX Runtime by default). Outputs are marked synthetic and listed with seeds and sha256 in "
-        "DIR/manifest.json; an interrupted run resumes where it stopped."
-    ),
-    epilog=(
-        "Example: meddiff sample --modality ct --count 20 --out synth/ --steps 20 --seed 0 --preview  "
-        "(volume i of seed S is the same for any --batch-size or --shard; split a run over 4 jobs with "
-        "--shard 0/4 … --shard 3/4 into the same DIR). Exit codes: 2 bad flags or existing outputs without "
-        "--overwrite, 6 model missing/tampered, 7 requested device unavailable."
-    ),
-)
 def sample_command(
-    modality: str = typer.Option(..., "--modality", help="ct or mri (must be one the model was trained on)."),
+    modality: str = typer.Option(..., "--modality", "-m", help="Modality to generate (one the model was trained on).",
+                                 **choice(MODALITIES, ALIASES)),
     count: int = typer.Option(..., "--count", "-n", help="Number of volumes in the run (indices 0..N-1)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (volumes, manifest.json, previews/)."),
-    model: str = typer.Option("default", "--model", "-m", help="Model name in the cache, or a model folder path."),
-    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="Sampling steps (denoiser evaluations for euler)."),
-    sampler: str = typer.Option("euler", "--sampler", help="euler (RFlowScheduler.step) or heun (2 evaluations/step)."),
-    seed: int = typer.Option(0, "--seed", help="Run seed; volume i gets its own seed derived from (seed, i)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Volumes denoised together (memory vs speed)."),
+    model: str = typer.Option(default(SampleOptions, "model"), "--model", autocompletion=complete_model,
+                              help="Model name in the cache (TAB completes them), or a model folder path."),
+    steps: int | None = typer.Option(
+        default(SampleOptions, "steps"), "--steps", show_default="the model's sampling.default_steps",
+        help="Sampling steps (denoiser evaluations for euler; see `meddiff models info`)."),
+    sampler: str = typer.Option(default(SampleOptions, "sampler"), "--sampler",
+                                help="euler (RFlowScheduler.step) or heun (2 evaluations/step).", **choice(SAMPLERS)),
+    seed: int = typer.Option(default(SampleOptions, "seed"), "--seed",
+                             help="Run seed; volume i gets its own seed derived from (seed, i)."),
+    batch_size: int = typer.Option(default(SampleOptions, "batch_size"), "--batch-size", "-b",
+                                   help="Volumes denoised together (memory vs speed)."),
     max_memory: float | None = typer.Option(
-        None, "--max-memory", help="GB the sampler may use: lowers --batch-size up front from an estimate "
-        "(docs/reliability.md); exit 2 if even one volume would not fit. CUDA out-of-memory halves the batch anyway."),
-    file_format: str = typer.Option("nifti", "--format", help="nifti (.nii.gz; CT int16 HU), dicom (series folder) or npy."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (cuda fails with exit 7 if unavailable)."),
-    backend: str = typer.Option("onnx", "--backend", help="onnx (ONNX Runtime, default) or torch (PyTorch reference)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (fp16 is for GPUs)."),
+        default(SampleOptions, "max_memory_gb"), "--max-memory", help="GB the sampler may use: lowers --batch-size "
+        "up front from an estimate (docs/reliability.md); exit 2 if even one volume would not fit. CUDA "
+        "out-of-memory halves the batch anyway."),
+    file_format: str = typer.Option(default(SampleOptions, "file_format"), "--format",
+                                    help="nifti (.nii.gz; CT int16 HU), dicom (series folder) or npy.", **choice(FORMATS)),
+    device: str = typer.Option(default(SampleOptions, "device"), "--device", autocompletion=complete_device,
+                               help="auto, cpu, cuda or cuda:N (cuda fails with exit 7 if unavailable)."),
+    backend: str = typer.Option(default(SampleOptions, "backend"), "--backend",
+                                help="onnx (ONNX Runtime) or torch (PyTorch reference).", **choice(BACKENDS)),
+    precision: str = typer.Option(default(SampleOptions, "precision"), "--precision",
+                                  help="fp32 or fp16 (fp16 is for GPUs).", **choice(PRECISIONS)),
     shard: str | None = typer.Option(None, "--shard", help="I/N: generate only indices i with i % N == I (0-based)."),
-    preview: bool = typer.Option(False, "--preview", help="Also write previews/<name>.png with three mid-slices."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs instead of refusing."),
-    compile_model: bool = typer.Option(False, "--compile", help="torch backend on CUDA: torch.compile the denoiser."),
+    preview: bool = typer.Option(default(SampleOptions, "preview"), "--preview",
+                                 help="Also write previews/<name>.png with three mid-slices."),
+    overwrite: bool = typer.Option(default(SampleOptions, "overwrite"), "--overwrite",
+                                   help="Replace existing outputs instead of refusing."),
+    compile_model: bool = typer.Option(default(SampleOptions, "compile"), "--compile",
+                                       help="torch backend on CUDA: torch.compile the denoiser."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Model cache folder (default: $MEDDIFF_HOME or the user cache)."),
-    offline: bool = typer.Option(False, "--offline", help="Guarantee no network access (also MEDDIFF_OFFLINE=1)."),
+    offline: bool = typer.Option(False, "--offline", help="Accepted for scripts: meddiff never uses the network."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    from meddiff_cli.sample import parse_shard, sample_volumes
+
     show_settings(verbose, quiet)
-    if offline:
-        set_offline()
     options = SampleOptions(
-        modality=modality.lower(), count=count, out=out, model=model, cache_dir=cache_dir, steps=steps,
-        sampler=sampler.lower(), seed=seed, batch_size=batch_size, file_format=file_format.lower(),
-        device=device.lower(), backend=backend.lower(), precision=precision.lower(), shard=parse_shard(shard),
+        modality=modality, count=count, out=out, model=model, cache_dir=cache_dir, steps=steps,
+        sampler=sampler, seed=seed, batch_size=batch_size, file_format=file_format,
+        device=device.lower(), backend=backend, precision=precision, shard=parse_shard(shard),
         preview=preview, overwrite=overwrite, compile=compile_model, max_memory_gb=max_memory,
     )
     with progress_bar(quiet) as bar:
@@ -103,6 +119,10 @@ def sample_command(
     summary = result.to_dict()
     rate = f", {summary['volumes_per_s']} volumes/s" if summary["volumes_per_s"] else ""
     info(f"{len(result.generated)} generated, {len(result.skipped)} already done (shard "
-         f"{summary['shard']}) in {out}{rate}", quiet)
+         f"{summary['shard']}; {result.steps} {options.sampler} steps) in {out}{rate}", quiet)
     if json_output:
         print_json(summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sample", help=HELP, epilog=EPILOG)(sample_command)

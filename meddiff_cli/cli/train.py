@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from meddiff_cli.cli.app import app
-from meddiff_cli.cli.common import VERBOSE_OPTION, info, print_json, progress_bar, show_settings
+from meddiff_cli.cli.common import (
+    VERBOSE_OPTION, choice, complete_device, default, info, print_json, progress_bar, show_settings,
+)
 from meddiff_cli.errors import UsageError
-from meddiff_cli.train import Reporter, TrainOptions, train_model
-from meddiff_cli.train.distributed import launched_by_torchrun
+from meddiff_cli.modality import ALIASES, MODALITIES
+from meddiff_cli.model.presets import PRESETS
+from meddiff_cli.paths import torchrun_launch
+from meddiff_cli.train.options import STAGE_CHOICES, Reporter, TrainOptions
+
+HELP = (
+    "Train a 3D latent diffusion model on `meddiff preprocess` output: stage 1 a KL autoencoder "
+    "(4x per axis), stage 2 a modality-conditioned rectified-flow denoiser. The model folder "
+    "(model.json, safetensors weights, checkpoint/, previews/) goes to the cache's models/NAME/. "
+    "Multi-GPU: torchrun --nproc_per_node=N -m meddiff_cli train ..."
+)
+EPILOG = (
+    "Example: meddiff train prep_ct/ prep_mri/ --name body --preset small --device cuda  "
+    "|  resume: meddiff train prep_ct/ prep_mri/ --name body --resume"
+)
 
 
 class ProgressReporter(Reporter):
@@ -75,33 +88,23 @@ def _parse_set(values: list[str]) -> dict[str, Any]:
     return overrides
 
 
-@app.command(
-    "train",
-    help=(
-        "Train a 3D latent diffusion model on `meddiff preprocess` output: stage 1 a KL autoencoder "
-        "(4x per axis), stage 2 a modality-conditioned rectified-flow denoiser. The model folder "
-        "(model.json, safetensors weights, checkpoint/, previews/) goes to the cache's models/NAME/. "
-        "Multi-GPU: torchrun --nproc_per_node=N -m meddiff_cli train ..."
-    ),
-    epilog=(
-        "Example: meddiff train prep_ct/ prep_mri/ --name body --preset small --device cuda  "
-        "|  resume: meddiff train prep_ct/ prep_mri/ --name body --resume"
-    ),
-)
 def train_command(
     data: list[Path] = typer.Argument(..., help="One or more preprocess output folders (each with manifest.json)."),
     name: str = typer.Option(..., "--name", help="Model name: folder models/NAME/ in the cache."),
     modality: Optional[list[str]] = typer.Option(
-        None, "--modality", help="Class label per DATA folder (default: the manifest's modality). Repeat per folder."),
-    preset: str = typer.Option("tiny", "--preset", help="Network/training preset: tiny (CPU tests), compact (trains on a CPU in ~30 min at 64^3), small, base (GPU)."),
-    stage: str = typer.Option("all", "--stage", help="autoencoder, diffusion or all (autoencoder then diffusion)."),
+        None, "--modality", "-m", help="Class label per DATA folder (default: the manifest's modality). Repeat per folder.",
+        **choice(MODALITIES, ALIASES)),
+    preset: str = typer.Option(default(TrainOptions, "preset"), "--preset", help="Network/training preset: tiny (CPU "
+                               "tests), compact (trains on a CPU in ~30 min at 64^3), small, base (GPU).", **choice(tuple(PRESETS))),
+    stage: str = typer.Option(default(TrainOptions, "stage"), "--stage", help="autoencoder, diffusion or all "
+                              "(autoencoder then diffusion).", **choice(STAGE_CHOICES)),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Steps of the stage being trained; with --stage all it sets the diffusion steps."),
     ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="Autoencoder steps (default: preset)."),
     diffusion_steps: Optional[int] = typer.Option(None, "--diffusion-steps", help="Diffusion steps (default: preset)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Volumes per step per process."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Volumes per step per process."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, warm-up + cosine)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of weights, data order, augmentation and noise."),
+    seed: int = typer.Option(default(TrainOptions, "seed"), "--seed", help="Seed of weights, data order, augmentation and noise."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every K steps."),
     preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Write a preview PNG every K steps."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every K steps."),
@@ -111,14 +114,18 @@ def train_command(
     settings: Optional[list[str]] = typer.Option(
         None, "--set", help="Override any preset value: SECTION.KEY=JSON, e.g. --set train.adv_weight=0.005 "
                             "--set autoencoder.channels=[16,32,32]. Repeatable."),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes (0: load in the main process)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue bit-for-bit from the model's last checkpoint."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(default(TrainOptions, "workers"), "--workers", "-w",
+                                help="DataLoader worker processes (0: load in the main process)."),
+    resume: bool = typer.Option(default(TrainOptions, "resume"), "--resume", help="Continue bit-for-bit from the model's last checkpoint."),
+    device: str = typer.Option(default(TrainOptions, "device"), "--device", autocompletion=complete_device,
+                               help="auto, cpu, cuda or cuda:N."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: MEDDIFF_HOME or the user cache)."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or messages on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    from meddiff_cli.train import train_model
+
     if workers < 0:
         raise UsageError("--workers must be 0 or more")
     overrides = _parse_set(settings or [])
@@ -132,7 +139,7 @@ def train_command(
         steps=steps, ae_steps=ae_steps, diffusion_steps=diffusion_steps, seed=seed, overrides=overrides,
         resume=resume, device=device, workers=workers, cache_dir=cache_dir,
     )
-    is_worker = launched_by_torchrun() and int(os.environ.get("RANK", "0")) != 0
+    is_worker = torchrun_launch().rank != 0
     quiet = quiet or is_worker
     show_settings(verbose, quiet)  # rank 0 only under torchrun
     with progress_bar(quiet) as progress:
@@ -150,3 +157,7 @@ def train_command(
     else:
         metrics = ", ".join(f"{k} {v}" for k, v in card.metrics.items()) or "none yet"
         info(f"model {result.name!r} in {result.folder}: steps {card.training['steps']}; {metrics}", quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", help=HELP, epilog=EPILOG)(train_command)

@@ -24,6 +24,7 @@ from meddiff_cli.evaluate.metrics import intensity_histogram, slice_differences
 from meddiff_cli.evaluate.radiomics import radiomics_features
 from meddiff_cli.io import CaseSource, discover_cases, read_case, read_volume
 from meddiff_cli.io.volume import Volume
+from meddiff_cli.modality import MODALITIES
 from meddiff_cli.preprocess import (
     MANIFEST_NAME,
     PreprocessSettings,
@@ -155,7 +156,7 @@ def guess_modality(ref: CaseRef) -> str:
     if ref.mapping is not None and ref.mapping.get("kind") in ("ct_window", "percentile"):
         return "ct" if ref.mapping["kind"] == "ct_window" else "mri"
     volume = _with_path(ref, lambda: read_case(ref.source, "auto"))
-    if volume.modality in ("ct", "mri"):
+    if volume.modality in MODALITIES:
         return volume.modality
     return "ct" if float(np.min(volume.array)) < CT_AIR_THRESHOLD_HU else "mri"
 

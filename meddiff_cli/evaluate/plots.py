@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from meddiff_cli.evaluate.pipeline import EvaluationResult
+from meddiff_cli.io.preview import mid_slices
 
 REAL_COLOUR = (31, 119, 180)
 SYNTH_COLOUR = (255, 127, 14)
@@ -30,9 +31,7 @@ def _grey(slice_2d: np.ndarray) -> Image.Image:
 
 def _views(volume: np.ndarray) -> list[Image.Image]:
     """Mid axial and coronal slices of a RAS volume, radiological display (patient right on the left, anterior/superior up)."""
-    x, y, z = (s // 2 for s in volume.shape)
-    axial = volume[::-1, ::-1, z].T
-    coronal = volume[::-1, y, ::-1].T
+    axial, coronal, _ = mid_slices(volume)
     return [_grey(np.ascontiguousarray(axial)), _grey(np.ascontiguousarray(coronal))]
 
 

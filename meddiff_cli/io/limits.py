@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from meddiff_cli.errors import BadInputError
+from meddiff_cli.paths import MAX_VOXELS_ENV, max_voxels_setting
 
-MAX_VOXELS_ENV = "MEDDIFF_MAX_VOXELS"
 DEFAULT_MAX_VOXELS = 2**30
 
 
 def max_voxels() -> int:
     """Largest voxel count a header may claim (``MEDDIFF_MAX_VOXELS``, default 2**30)."""
-    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    raw = max_voxels_setting()
     if not raw:
         return DEFAULT_MAX_VOXELS
     try:

@@ -20,10 +20,6 @@ from meddiff_cli.io.volume import Volume
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def is_nifti(path: str | Path) -> bool:
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
 def read_nifti(path: str | Path, modality: str = "unknown") -> Volume:
     """Read a 3D NIfTI file (a 4D file with one volume is squeezed) as float32.
 

@@ -19,8 +19,6 @@ import numpy as np
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Flip x and y: converts an LPS affine (or point) to RAS and back (it is its own inverse)."""
 
-MODALITIES = ("ct", "mri")
-
 
 @dataclass
 class Volume:

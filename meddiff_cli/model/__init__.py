@@ -1,6 +1,10 @@
-"""Model definition: the model card (config that travels train → export → sample) and MONAI networks."""
+"""Model definition: card (config that travels train -> export -> sample), presets, MONAI networks, weight
+store, the local model registry and the rectified-flow sampler (``scheduler``)."""
 
-from meddiff_cli.model.card import ModelCard, PRESETS, preset_config
-from meddiff_cli.model.networks import build_autoencoder, build_denoiser
+from meddiff_cli.lazy import lazy_exports
 
-__all__ = ["ModelCard", "PRESETS", "preset_config", "build_autoencoder", "build_denoiser"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "card": ["ModelCard", "latent_normalization"],
+    "presets": ["PRESETS", "preset_config"],
+    "networks": ["build_autoencoder", "build_denoiser"],
+})

@@ -37,11 +37,6 @@ def save_state_dict(module_or_state: torch.nn.Module | dict[str, torch.Tensor], 
     return sha256_file(path)
 
 
-def verify_file(path: str | Path, expected_sha256: str | None) -> None:
-    """Refuse a file whose sha256 differs from the model card's (tampered or truncated)."""
-    read_verified(path, expected_sha256)
-
-
 def read_verified(path: str | Path, expected_sha256: str | None) -> bytes:
     """The file's bytes, after checking their sha256 against the card's.
 

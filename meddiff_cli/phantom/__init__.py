@@ -1,6 +1,8 @@
 """Procedural labelled CT chest and MRI brain phantoms: demo, test and training data of meddiff."""
 
-from meddiff_cli.phantom.corpus import write_phantom_corpus
-from meddiff_cli.phantom.generate import LABELS, generate_phantom, phantom_geometry
+from meddiff_cli.lazy import lazy_exports
 
-__all__ = ["LABELS", "generate_phantom", "phantom_geometry", "write_phantom_corpus"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "corpus": ["write_phantom_corpus"],
+    "generate": ["LABELS", "generate_phantom", "phantom_geometry"],
+})

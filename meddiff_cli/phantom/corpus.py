@@ -20,10 +20,10 @@ from meddiff_cli.errors import UsageError
 from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps
 from meddiff_cli.io.nifti import write_nifti
 from meddiff_cli.phantom.generate import LABELS, generate_phantom, phantom_geometry
+from meddiff_cli.phantom.options import DEFAULTS, FORMATS
 from meddiff_cli.signals import interruptible_process_pool
 
 MANIFEST_FORMAT = "meddiff-phantom"
-FORMATS = ("nifti", "dicom")
 SETTINGS = ("modality", "size", "spacing", "seed", "image_format", "contrast", "nodules")
 """Manifest fields that must match for a re-run to resume (rather than mix) an existing corpus."""
 
@@ -64,14 +64,14 @@ def write_phantom_corpus(
     modality: str,
     count: int,
     out_dir: str | Path,
-    size: int | tuple[int, int, int] = 64,
-    spacing: float | tuple[float, float, float] | None = None,
-    seed: int = 0,
-    fmt: str = "nifti",
-    contrast: str = "t1",
-    workers: int = 1,
+    size: int | tuple[int, int, int] = DEFAULTS.size,
+    spacing: float | tuple[float, float, float] | None = DEFAULTS.spacing,
+    seed: int = DEFAULTS.seed,
+    fmt: str = DEFAULTS.fmt,
+    contrast: str = DEFAULTS.contrast,
+    workers: int = DEFAULTS.workers,
     on_case_done: Callable[[str], None] | None = None,
-    nodules: bool = True,
+    nodules: bool = DEFAULTS.nodules,
 ) -> dict[str, Any]:
     """Generate ``count`` phantoms into ``out_dir``; returns a summary (counts, paths, seconds).
 

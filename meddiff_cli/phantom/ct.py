@@ -5,6 +5,9 @@ position, spine curvature, rib spacing, nodules...). Its anatomy is a set of sig
 functions of world coordinates (RAS+, mm; the body centred at the origin, z = superior), so a
 subject renders identically at any grid size. :func:`render_chest` paints tissues in order with
 partial-volume occupancies, then adds a scanner point-spread function and correlated noise.
+
+Longer than 350 lines: one subject's anatomy is one idea (the organs are drawn relative to each other), and
+splitting it would scatter the shared geometry across files.
 """
 
 from __future__ import annotations

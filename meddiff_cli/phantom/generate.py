@@ -7,6 +7,7 @@ import numpy as np
 from meddiff_cli.errors import UsageError
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.phantom import ct, mri
+from meddiff_cli.phantom.options import CONTRASTS, DEFAULTS
 from meddiff_cli.phantom.shapes import block_labels, block_mean
 
 LABELS: dict[str, dict[str, int]] = {"ct": dict(ct.CT_LABELS), "mri": dict(mri.MRI_LABELS)}
@@ -45,10 +46,10 @@ def render_axes(shape, affine, factor: int) -> tuple[np.ndarray, np.ndarray, np.
 def generate_phantom(
     modality: str,
     seed: int,
-    size: int | tuple[int, int, int] = 64,
-    spacing: float | tuple[float, float, float] | None = None,
-    contrast: str = "t1",
-    nodules: bool = True,
+    size: int | tuple[int, int, int] = DEFAULTS.size,
+    spacing: float | tuple[float, float, float] | None = DEFAULTS.spacing,
+    contrast: str = DEFAULTS.contrast,
+    nodules: bool = DEFAULTS.nodules,
 ) -> tuple[Volume, Volume]:
     """A synthetic subject: (image, labels). CT image in HU; MRI in arbitrary units (~0-1000).
 
@@ -58,8 +59,8 @@ def generate_phantom(
     modality = modality.lower()
     if modality not in LABELS:
         raise UsageError(f"phantom modality must be 'ct' or 'mri', got {modality!r}")
-    if contrast not in mri.CONTRASTS:
-        raise UsageError(f"MRI contrast must be one of {', '.join(mri.CONTRASTS)}, got {contrast!r}")
+    if contrast not in CONTRASTS:
+        raise UsageError(f"MRI contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
     shape, affine = phantom_geometry(modality, size, spacing)
     factor = 2 if max(shape) <= SUPERSAMPLE_MAX_SIZE else 1
     axes = render_axes(shape, affine, factor)

@@ -19,7 +19,6 @@ from meddiff_cli.phantom.shapes import Tubes, ellipsoid_on_grid, ellipsoid_sdf, 
 
 MRI_FOV_MM = 220.0
 MRI_LABELS = {"background": 0, "csf": 1, "gm": 2, "wm": 3}
-CONTRASTS = ("t1", "t2")
 TISSUE_INTENSITY = {  # relative signal per tissue, before per-subject jitter, bias field and noise
     "t1": {"csf": 150, "gm": 470, "wm": 720, "deep_gm": 560, "fat": 830, "skull": 45, "diploe": 330, "muscle": 390, "vitreous": 110, "brainstem": 640},
     "t2": {"csf": 950, "gm": 560, "wm": 380, "deep_gm": 470, "fat": 620, "skull": 35, "diploe": 380, "muscle": 230, "vitreous": 950, "brainstem": 430},

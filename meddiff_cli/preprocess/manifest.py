@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError
+from meddiff_cli.modality import MODALITIES
 from meddiff_cli.preprocess.transform import PreprocessSettings
 
 MANIFEST_NAME = "manifest.json"
@@ -116,7 +117,7 @@ def validate_manifest(manifest: Any, path: str | Path | None = None) -> None:
     missing = [key for key in _TOP_KEYS if key not in manifest]
     if missing:
         fail(f"missing keys {missing}")
-    if manifest["modality"] not in ("ct", "mri"):
+    if manifest["modality"] not in MODALITIES:
         fail(f"modality {manifest['modality']!r} is not ct or mri")
     for key, kinds in (("spacing", (int, float)), ("size", (int,))):
         value = manifest[key]

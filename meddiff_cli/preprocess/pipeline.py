@@ -3,6 +3,9 @@
 Only the main process writes ``manifest.json`` and ``errors.json`` (atomically, after every case),
 so a killed run leaves a valid folder that the next run resumes. Workers each hold one volume at a
 time, so memory is bounded by one volume per worker.
+
+Longer than 350 lines: discovery, pairing, workers and the resumable manifest share one run's state; it is
+due to be split (inputs, workers, manifest) once the DICOM reader rewrite has settled.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from meddiff_cli.preprocess.manifest import (
 )
 from meddiff_cli.preprocess.transform import PreprocessSettings, harmonise_label, harmonise_volume, orientation_codes
 from meddiff_cli.io.limits import check_memory, harmonise_memory
+from meddiff_cli.modality import MODALITIES
 from meddiff_cli.signals import interruptible_process_pool
 
 PHANTOM_FORMAT = "meddiff-phantom"
@@ -223,7 +227,7 @@ def process_job(job: _Job) -> dict[str, Any]:
 def _process_case(job: _Job) -> dict[str, Any]:
     settings, case = job.settings, job.case
     volume = read_case(case, "auto", settings.volume_index)  # "auto": keep the file's own modality (mismatch check)
-    if volume.modality in ("ct", "mri") and volume.modality != settings.modality:
+    if volume.modality in MODALITIES and volume.modality != settings.modality:
         raise BadInputError(f"this scan is {volume.modality} but the run preprocesses {settings.modality}")
     volume.modality = settings.modality
     image = harmonise_volume(volume, settings)
@@ -340,7 +344,7 @@ def _resolve_modality(settings: PreprocessSettings, found: _Inputs, previous: di
             break
         except MeddiffError:
             continue
-    if first not in ("ct", "mri"):
+    if first not in MODALITIES:
         raise UsageError(
             "cannot tell whether the input is CT or MRI (only DICOM headers and phantom manifests say): "
             "pass --modality ct or --modality mri"
@@ -375,7 +379,7 @@ def _gather_inputs(inputs: list[Path], labels_dir: Path | None) -> _Inputs:
         for case, label in _phantom_cases(path, phantom):
             cases.append(case)
             labels[case.case_id] = label
-        if phantom.get("modality") in ("ct", "mri"):
+        if phantom.get("modality") in MODALITIES:
             modalities.add(phantom["modality"])
         if isinstance(phantom.get("labels"), dict):
             names = {**(names or {}), **_label_names(phantom["labels"])}

@@ -14,86 +14,22 @@ of different orientation, spacing and scanner end up voxel-comparable:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from meddiff_cli.errors import BadInputError, UsageError
+from meddiff_cli.errors import BadInputError
 from meddiff_cli.io.volume import Volume
+from meddiff_cli.preprocess.settings import PreprocessSettings
 
-DEFAULT_SPACING_MM = {"ct": 3.0, "mri": 1.5}
-DEFAULT_SIZE = 64
-DEFAULT_WINDOW_HU = (-1000.0, 1000.0)
-DEFAULT_PERCENTILES = (0.5, 99.5)
 CT_BACKGROUND_HU = -1024.0
 FOREGROUND_FRACTION = 0.1
 """MRI percentiles are taken over the head/body: voxels brighter than p2 + 10 % of (p98 - p2), FSL BET's
 robust intensity threshold, so the noisy air around the head does not drag the low percentile down."""
 MIN_FOREGROUND_VOXELS = 0.01
 """If fewer than 1 % of the voxels pass the foreground test, all voxels are used instead."""
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """What every case is mapped to. ``None`` spacing means the modality default (CT 3 mm, MRI 1.5 mm).
-
-    ``volume_index`` picks that volume (0-based) of every 4D DICOM series (fMRI, DWI, multi-echo...);
-    ``None`` refuses 4D series, naming their structure. 3D inputs ignore it.
-    """
-
-    modality: str = "auto"
-    spacing: tuple[float, float, float] | None = None
-    size: tuple[int, int, int] = (DEFAULT_SIZE,) * 3
-    window: tuple[float, float] = DEFAULT_WINDOW_HU
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
-    volume_index: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.modality not in ("ct", "mri", "auto"):
-            raise UsageError(f"modality must be ct, mri or auto, got {self.modality!r}")
-        size = _triple(self.size, "size", int)
-        if min(size) < 1:
-            raise UsageError(f"size must be positive, got {size}")
-        object.__setattr__(self, "size", size)
-        if self.spacing is not None:
-            spacing = _triple(self.spacing, "spacing", float)
-            if min(spacing) <= 0 or not np.all(np.isfinite(spacing)):
-                raise UsageError(f"spacing must be positive millimetres, got {spacing}")
-            object.__setattr__(self, "spacing", spacing)
-        lo, hi = (float(v) for v in self.window)
-        if not lo < hi:
-            raise UsageError(f"window must be LO,HI with LO < HI, got {lo},{hi}")
-        object.__setattr__(self, "window", (lo, hi))
-        p_lo, p_hi = (float(v) for v in self.percentiles)
-        if not 0.0 <= p_lo < p_hi <= 100.0:
-            raise UsageError(f"percentiles must satisfy 0 <= LO < HI <= 100, got {p_lo},{p_hi}")
-        object.__setattr__(self, "percentiles", (p_lo, p_hi))
-        if self.volume_index is not None and (isinstance(self.volume_index, bool) or int(self.volume_index) < 0
-                                              or int(self.volume_index) != self.volume_index):
-            raise UsageError(f"volume index must be a whole number >= 0, got {self.volume_index!r}")
-
-    def resolved(self, modality: str | None = None) -> PreprocessSettings:
-        """Concrete settings for one modality: ``auto`` replaced and the default spacing filled in."""
-        modality = self.modality if self.modality != "auto" else (modality or "auto")
-        if modality not in ("ct", "mri"):
-            raise UsageError("cannot tell whether the input is CT or MRI: pass --modality ct or --modality mri")
-        spacing = self.spacing or (DEFAULT_SPACING_MM[modality],) * 3
-        return replace(self, modality=modality, spacing=spacing)
-
-    def to_json(self) -> dict[str, Any]:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
-
-
-def _triple(value: Any, name: str, kind: type) -> tuple:
-    values = [value] if np.isscalar(value) else list(value)
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise UsageError(f"{name} takes one value or three (i,j,k), got {len(values)}")
-    return tuple(kind(v) for v in values)
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -201,13 +137,15 @@ def intensity_mapping(array: np.ndarray, settings: PreprocessSettings) -> dict[s
 
 
 def _mapping_range(mapping: dict[str, Any]) -> tuple[float, float]:
+    """The physical values mapped to -1 and 1: the CT window; for MRI a case's own percentile ``values``
+    (preprocess manifest), or the fixed ``output_range`` a model card maps generated MRI back to."""
     kind = mapping.get("kind")
     if kind == "ct_window":
         lo, hi = mapping["window"]
-    elif kind == "percentile":
-        lo, hi = mapping["values"]
+    elif kind == "percentile" and ("output_range" in mapping or "values" in mapping):
+        lo, hi = mapping["output_range"] if "output_range" in mapping else mapping["values"]
     else:
-        raise BadInputError(f"unknown intensity mapping kind {kind!r}")
+        raise BadInputError(f"unknown or incomplete intensity mapping {mapping!r}")
     return float(lo), float(hi)
 
 

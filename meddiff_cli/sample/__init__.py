@@ -1,11 +1,9 @@
-"""Sampling synthetic volumes from a trained model (see :mod:`meddiff_cli.sample.pipeline`)."""
+"""``meddiff sample``: synthetic volumes from a trained model (see :mod:`meddiff_cli.sample.pipeline`)."""
 
-from meddiff_cli.sample.pipeline import (
-    DEFAULT_STEPS, SampleOptions, SampleProgress, SampleResult, initial_noise, parse_shard, sample_latents,
-    sample_volumes, volume_seed,
-)
+from meddiff_cli.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_STEPS", "SampleOptions", "SampleProgress", "SampleResult", "initial_noise", "parse_shard",
-    "sample_latents", "sample_volumes", "volume_seed",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "options": ["SampleOptions", "SampleProgress", "SampleResult"],
+    "pipeline": ["make_backend", "sample_volumes"],
+    "seeds": ["initial_noise", "parse_shard", "volume_seed"],
+})

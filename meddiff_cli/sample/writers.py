@@ -8,25 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.errors import BadInputError, ModelError
 from meddiff_cli.fsutil import atomic_path, sha256_file
 from meddiff_cli.io.nifti import write_nifti
 from meddiff_cli.io.volume import Volume
-
-FORMATS = ("nifti", "dicom", "npy")
-DEFAULT_MRI_RANGE = (0.0, 1000.0)
-
-
-def output_name(modality: str, index: int, fmt: str) -> str:
-    """File (or DICOM folder) name of volume ``index``; stable so that reruns find finished volumes."""
-    stem = f"synth_{modality}_{index:04d}"
-    return {"nifti": stem + ".nii.gz", "npy": stem + ".npy", "dicom": stem}[check_format(fmt)]
-
-
-def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return fmt
+from meddiff_cli.preprocess.transform import invert_intensity
 
 
 def centred_ras_affine(shape: tuple[int, ...] | list[int], spacing: tuple[float, ...] | list[float]) -> np.ndarray:
@@ -38,16 +24,11 @@ def centred_ras_affine(shape: tuple[int, ...] | list[int], spacing: tuple[float,
 
 
 def to_physical(model_space: np.ndarray, mapping: dict[str, Any]) -> np.ndarray:
-    """[-1, 1] → physical units: CT window back to HU; MRI percentile mapping to its output range (a.u.)."""
-    kind = mapping.get("kind")
-    if kind == "ct_window":
-        low, high = (float(v) for v in mapping["window"])
-    elif kind == "percentile":
-        low, high = (float(v) for v in mapping.get("output_range", DEFAULT_MRI_RANGE))
-    else:
-        raise ModelError(f"model card has an unknown intensity mapping kind {kind!r}")
-    clipped = np.clip(np.asarray(model_space, dtype=np.float64), -1.0, 1.0)
-    return ((clipped + 1.0) / 2.0 * (high - low) + low).astype(np.float32)
+    """[-1, 1] → physical units with the card's mapping (CT window back to HU; MRI to its output range, a.u.)."""
+    try:
+        return invert_intensity(np.clip(model_space, -1.0, 1.0), mapping)
+    except (BadInputError, TypeError, ValueError) as error:
+        raise ModelError(f"model card has an unusable intensity mapping ({error})") from None
 
 
 def write_output(volume: Volume, path: Path, fmt: str, model_name: str, index: int) -> None:

@@ -1,5 +1,6 @@
 """``meddiff augment-seg``: does synthetic data improve 3D segmentation when labels are scarce?
 
+* :mod:`~meddiff_cli.segmentation.options` -- experiment and network settings;
 * :mod:`~meddiff_cli.segmentation.data` -- pairing images with label maps, harmonisation, splits;
 * :mod:`~meddiff_cli.segmentation.network` -- the MONAI UNet + head shared by all arms, safetensors storage;
 * :mod:`~meddiff_cli.segmentation.training` -- self-supervised restoration pre-training and supervised training;
@@ -7,22 +8,12 @@
 * :mod:`~meddiff_cli.segmentation.experiment` -- the arms, (K, seed) loop, results.json and the plot.
 """
 
-from meddiff_cli.segmentation.experiment import ExperimentSettings, prepare_data, run_experiment
-from meddiff_cli.segmentation.metrics import dice_per_case, hd95_per_case, paired_comparison, score_predictions
-from meddiff_cli.segmentation.network import NetworkConfig, SegmentationNet, load_network, save_network
-from meddiff_cli.segmentation.training import predict
+from meddiff_cli.lazy import lazy_exports
 
-__all__ = [
-    "ExperimentSettings",
-    "NetworkConfig",
-    "SegmentationNet",
-    "dice_per_case",
-    "hd95_per_case",
-    "load_network",
-    "paired_comparison",
-    "predict",
-    "prepare_data",
-    "run_experiment",
-    "save_network",
-    "score_predictions",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "options": ["ExperimentSettings", "NetworkConfig"],
+    "experiment": ["prepare_data", "run_experiment"],
+    "metrics": ["dice_per_case", "hd95_per_case", "paired_comparison", "score_predictions"],
+    "network": ["SegmentationNet", "load_network", "save_network"],
+    "training": ["predict"],
+})

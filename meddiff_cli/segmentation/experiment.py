@@ -15,7 +15,7 @@ Each model is scored on the same held-out test set; the paired A-vs-B comparison
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from meddiff_cli.errors import UsageError
 from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps
 from meddiff_cli.io import Volume, read_case
+from meddiff_cli.modality import ALIASES, MODALITIES
 from meddiff_cli.preprocess.transform import PreprocessSettings
 from meddiff_cli.segmentation.data import (
     TEST_SPLIT_SEED,
@@ -40,7 +41,8 @@ from meddiff_cli.segmentation.data import (
     split_folder,
 )
 from meddiff_cli.segmentation.metrics import mean_std, paired_comparison, score_predictions
-from meddiff_cli.segmentation.network import NetworkConfig, SegmentationNet, save_network, transfer_body
+from meddiff_cli.segmentation.network import SegmentationNet, save_network, transfer_body
+from meddiff_cli.segmentation.options import PLOT_NAME, RESULTS_NAME, ExperimentSettings, NetworkConfig
 from meddiff_cli.segmentation.plot import plot_dice_vs_k
 from meddiff_cli.segmentation.training import (
     ProgressCallback,
@@ -53,58 +55,7 @@ from meddiff_cli.devices import describe_device, resolve_device
 
 RESULTS_FORMAT = "meddiff-augment-seg"
 RESULTS_VERSION = 1
-RESULTS_NAME = "results.json"
-PLOT_NAME = "dice_vs_k.png"
 MODELS_DIR = "models"
-PRETRAIN_METHODS = ("ssl",)
-
-
-@dataclass(frozen=True)
-class ExperimentSettings:
-    images: Path
-    labels: Path
-    synthetic: Path
-    test_images: Path | None = None
-    test_labels: Path | None = None
-    test_fraction: float = 0.25
-    n_labelled: tuple[int, ...] = (2, 4, 8)
-    seeds: int = 3
-    pretrain: str = "ssl"
-    epochs: int = 30
-    pretrain_epochs: int = 30
-    steps_per_epoch: int = 4
-    batch_size: int = 2
-    learning_rate: float = 1e-3
-    size: int = 48
-    spacing: float | None = None
-    modality: str = "auto"
-    device: str = "auto"
-    arm_c: bool = False
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-
-    def validate(self) -> None:
-        if (self.test_images is None) != (self.test_labels is None):
-            raise UsageError("--test-images and --test-labels go together")
-        if not self.n_labelled or min(self.n_labelled) < 1:
-            raise UsageError("--n-labelled needs positive integers, e.g. 2,4,8")
-        if self.seeds < 1 or self.epochs < 1 or self.pretrain_epochs < 1 or self.steps_per_epoch < 1:
-            raise UsageError("--seeds, --epochs, --pretrain-epochs and --steps-per-epoch must be at least 1")
-        if self.batch_size < 1 or not self.learning_rate > 0:
-            raise UsageError("--batch-size must be at least 1 and --lr positive")
-        if self.pretrain not in PRETRAIN_METHODS:
-            raise UsageError(f"--pretrain must be one of {', '.join(PRETRAIN_METHODS)}, got {self.pretrain!r}")
-        divisor = self.network.divisor
-        if self.size < divisor or self.size % divisor:
-            raise UsageError(f"--size must be a multiple of {divisor} (the UNet halves it {len(self.network.strides)} times)")
-        if self.spacing is not None and not self.spacing > 0:
-            raise UsageError("--spacing must be positive millimetres")
-
-    def to_json(self) -> dict[str, Any]:
-        """Everything that shapes the numbers; folder paths are left out (they may name patients)."""
-        skip = {"images", "labels", "synthetic", "test_images", "test_labels", "network"}
-        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in skip}
-        data["test_split"] = "folders" if self.test_images is not None else f"fraction {self.test_fraction}"
-        return data
 
 
 @dataclass
@@ -120,13 +71,12 @@ class PreparedData:
 
 
 def _resolve_modality(requested: str, manifest_modality: str | None, first_image: Volume) -> str:
-    if requested in ("ct", "mri"):
+    if requested in MODALITIES:
         return requested
     for candidate in (manifest_modality, first_image.modality):
         if candidate:
-            candidate = candidate.lower()
-            candidate = "mri" if candidate in ("mr", "mri") else candidate
-            if candidate in ("ct", "mri"):
+            candidate = ALIASES.get(candidate.lower(), candidate.lower())
+            if candidate in MODALITIES:
                 return candidate
     raise UsageError("cannot tell whether the scans are CT or MRI (no manifest or DICOM header says): pass --modality ct or --modality mri")
 
@@ -152,7 +102,7 @@ def prepare_data(settings: ExperimentSettings, progress: ProgressCallback | None
     synthetic_pairs = pair_cases(synthetic_images, synthetic_labels if settings.arm_c else None)
 
     names, manifest_modality = read_manifest_labels(settings.labels)
-    requested = settings.modality if settings.modality in ("ct", "mri") else "auto"
+    requested = settings.modality if settings.modality in MODALITIES else "auto"
     modality = _resolve_modality(settings.modality, manifest_modality, read_case(pool_pairs[0].image, requested))
     spacing = ((settings.spacing,) * 3 if settings.spacing
                else fit_spacing(pool_pairs + test_pairs, modality, settings.size))

@@ -9,7 +9,6 @@ re-initialises only the head, as Models Genesis does.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +19,9 @@ from torch import nn
 from meddiff_cli.errors import ModelError
 from meddiff_cli.fsutil import atomic_write_json
 from meddiff_cli.model.store import load_state_dict, save_state_dict
+from meddiff_cli.segmentation.options import NetworkConfig
 
 HEAD_PREFIX = "head."
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
-    num_res_units: int = 1
-    features: int = 16
-    """Channels the UNet hands to the head."""
-    out_channels: int = 2
-
-    @property
-    def divisor(self) -> int:
-        """Volume sides must be multiples of this (each stride halves them, the decoder doubles back)."""
-        divisor = 1
-        for stride in self.strides:
-            divisor *= stride
-        return divisor
-
-    def with_out_channels(self, out_channels: int) -> NetworkConfig:
-        return NetworkConfig(self.channels, self.strides, self.num_res_units, self.features, out_channels)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"architecture": "monai.networks.nets.UNet(spatial_dims=3) + Conv3d 1x1x1 head",
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NetworkConfig:
-        try:
-            return cls(tuple(data["channels"]), tuple(data["strides"]), int(data["num_res_units"]),
-                       int(data["features"]), int(data["out_channels"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ModelError(f"network config is incomplete ({error})") from None
 
 
 class SegmentationNet(nn.Module):

@@ -31,6 +31,13 @@ STATE_FILE = "state.json"
 CHECKPOINT_FORMAT = "meddiff-checkpoint"
 CHECKPOINT_VERSION = 1
 
+Checkpoint = tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]
+"""``(state.json contents, tensor groups)`` as :func:`load_checkpoint` returns them."""
+Modules = dict[str, torch.nn.Module]
+"""Checkpoint group name -> module whose ``state_dict`` is that group (e.g. ``autoencoder``, ``ema``)."""
+Optimizers = dict[str, tuple[str, torch.optim.Optimizer]]
+"""Checkpoint group name -> (key of its scalars in ``state["optimizers"]``, optimizer), e.g. ``optimizer_g``: (g, …)."""
+
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON scalars."""
@@ -77,7 +84,7 @@ def recover_interrupted_swap(model_folder: Path) -> None:
         return
 
 
-def load_checkpoint(model_folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+def load_checkpoint(model_folder: Path) -> Checkpoint:
     """Read and sha256-verify a checkpoint; raise :class:`ModelError` if there is none or it is damaged."""
     model_folder = Path(model_folder)
     recover_interrupted_swap(model_folder)
@@ -95,3 +102,22 @@ def load_checkpoint(model_folder: Path) -> tuple[dict[str, Any], dict[str, dict[
     groups = {name.removesuffix(".safetensors"): load_state_dict(path.parent / name, sha)
               for name, sha in state["files"].items()}
     return state, groups
+
+
+def save_training_state(model_folder: Path, state: dict[str, Any], modules: Modules, optimizers: Optimizers) -> Path:
+    """Checkpoint ``modules`` and ``optimizers`` (flattened) with ``state`` (stage, step, config, ...)."""
+    groups = {name: module.state_dict() for name, module in modules.items()}
+    metas = {}
+    for group, (key, optimizer) in optimizers.items():
+        groups[group], metas[key] = flatten_optimizer(optimizer.state_dict())
+    return save_checkpoint(model_folder, {**state, "optimizers": metas}, groups)
+
+
+def restore_training_state(checkpoint: Checkpoint, modules: Modules, optimizers: Optimizers) -> dict[str, Any]:
+    """Load what :func:`save_training_state` wrote into the same modules and optimizers; returns the state."""
+    state, groups = checkpoint
+    for name, module in modules.items():
+        module.load_state_dict(groups[name])
+    for group, (key, optimizer) in optimizers.items():
+        optimizer.load_state_dict(unflatten_optimizer(groups[group], state["optimizers"][key]))
+    return state

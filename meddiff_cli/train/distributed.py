@@ -9,11 +9,12 @@ rank's weights identical afterwards; rank 0 alone writes checkpoints, previews a
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from meddiff_cli.paths import torchrun_launch
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,14 @@ class DistInfo:
         return self.world_size > 1
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun set up (nccl on CUDA, gloo on CPU); a no-op for a single process."""
-    if not launched_by_torchrun():
+    launch = torchrun_launch()
+    if not launch.distributed:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), launch.local_rank)
 
 
 def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:

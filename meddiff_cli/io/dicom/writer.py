@@ -11,6 +11,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from meddiff_cli.fsutil import atomic_dir
 from meddiff_cli.io.volume import LPS_TO_RAS, Volume
+from meddiff_cli.modality import MODALITIES
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
@@ -74,7 +75,7 @@ def write_dicom_series(
     Synthetic output carries Synthetic Data (0008,001C) = YES and says so in its descriptions.
     ``dtype`` ('auto', 'int16', 'uint16') picks the stored integers; see :func:`_stored_pixels`.
     """
-    if modality not in ("ct", "mri"):
+    if modality not in MODALITIES:
         raise ValueError(f"modality must be 'ct' or 'mri', got {modality!r}")
     out_dir = Path(out_dir)
     affine = LPS_TO_RAS @ volume.affine  # RAS -> LPS

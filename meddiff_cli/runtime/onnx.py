@@ -1,8 +1,7 @@
-"""Sampler backends: the same two networks run by ONNX Runtime (default) or by PyTorch.
+"""ONNX Runtime: sessions (also used by ``export`` to verify its graphs) and the default sampling backend.
 
-Both expose ``denoise(latent, timestep, class_id) -> velocity`` and ``decode(latent) -> volume`` on
-float32 torch tensors living on ``torch_device``; precision casts happen inside. The ONNX backend keeps the
-latent on the GPU with IO binding on torch-owned CUDA buffers when torch has CUDA; otherwise it feeds numpy.
+:class:`OnnxBackend` runs ``onnx/denoiser.<prec>.onnx`` and ``onnx/decoder.<prec>.onnx``; it keeps the latent on
+the GPU with IO binding on torch-owned CUDA buffers when torch has CUDA, otherwise it feeds numpy.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,35 +130,3 @@ class OnnxBackend:
         binding.bind_output(output, "cuda", self.device_index, _ort_type(self.dtype), shape, result.data_ptr())
         session.run_with_iobinding(binding)
         return result
-
-
-class TorchBackend:
-    """The reference path: the MONAI networks in PyTorch (``torch.compile`` on CUDA when asked)."""
-
-    name = "torch"
-
-    def __init__(self, autoencoder: torch.nn.Module, unet: torch.nn.Module, latent_norm: tuple[list[float], list[float]], device: str,
-                 precision: str, compile: bool = False) -> None:
-        from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport
-
-        request = parse_device(device)
-        check_cuda_index(request)
-        cuda = torch.cuda.is_available()
-        if request.kind == "cuda" and not cuda:
-            raise DeviceError("--device cuda: PyTorch sees no CUDA GPU (CPU-only build or no driver); use --device cpu")
-        self.torch_device = torch.device("cuda", request.cuda_index) if cuda and request.wants_cuda else torch.device("cpu")
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.denoiser = DenoiserForExport(unet).to(self.torch_device, self.dtype).eval()
-        self.decoder = DecoderForExport(autoencoder, *latent_norm).to(self.torch_device, self.dtype).eval()
-        if compile and self.torch_device.type == "cuda":
-            self.denoiser = torch.compile(self.denoiser)
-        self.provider = f"torch-{self.torch_device.type}" + ("-compile" if compile and cuda else "")
-        self.device_label = str(self.torch_device)
-
-    @torch.inference_mode()
-    def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(latent.to(self.dtype), timestep.float(), class_id.long()).float()
-
-    @torch.inference_mode()
-    def decode(self, latent: torch.Tensor, volume_shape: tuple[int, ...]) -> torch.Tensor:
-        return self.decoder(latent.to(self.dtype)).float()

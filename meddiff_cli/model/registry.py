@@ -2,9 +2,9 @@
 
 Models are folders (see :mod:`meddiff_cli.model.store`) under ``<cache>/models/<NAME>/``. Nothing here
 ever touches the network: a model is either in the cache, bundled with the package, or given as a path.
-``--offline`` / ``MEDDIFF_OFFLINE=1`` therefore only make that guarantee explicit (and are recorded so
-that future download features must honour them). Concurrent processes (export on first use, shards of
-one sampling run) serialise changes to a model folder with a file lock beside it.
+Concurrent processes (export on first use, shards of one sampling run) serialise changes to a model folder
+with a file lock beside it. The module imports only the standard library and the card, so shell completion
+can list model names (:func:`model_names`) instantly.
 """
 
 from __future__ import annotations
@@ -17,30 +17,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from meddiff_cli.cache import models_dir
 from meddiff_cli.errors import ModelError, UsageError
 from meddiff_cli.fsutil import atomic_dir, sha256_file
 from meddiff_cli.model.card import CARD_FILE, ModelCard
+from meddiff_cli.model.scheduler import default_steps
+from meddiff_cli.paths import models_dir
 
 DEFAULT_MODEL = "default"
-BUNDLED_DIR = Path(__file__).parent / "bundled"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
 LOCK_TIMEOUT_S = 600.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def set_offline() -> None:
-    """Enable offline mode for this process and libraries that honour the usual variables."""
-    os.environ["MEDDIFF_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
-
-
-def validate_name(name: str) -> str:
+def validate_name(name: str, flag: str = "model name") -> str:
     """Model names become folder names: refuse separators, '..' and other surprises."""
     if not _NAME_RE.match(name) or name in {".", ".."}:
-        raise UsageError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (max 100 chars)")
+        raise UsageError(f"invalid {flag} {name!r}: use letters, digits, '.', '_' or '-' (max 100 chars, no paths)")
     return name
+
+
+def model_names(cache_dir: str | Path | None = None) -> list[str]:
+    """Names ``--model`` accepts without a path: cached models and the bundled ones (no card is parsed)."""
+    names = set()
+    for root in (models_dir(cache_dir), BUNDLED_DIR):
+        if root.is_dir():
+            names |= {p.name for p in root.iterdir() if (p / CARD_FILE).is_file() and _NAME_RE.match(p.name)}
+    return sorted(names)
 
 
 def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None = None) -> Path:
@@ -75,6 +77,8 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
 @contextmanager
 def model_lock(folder: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Exclusive lock on a model folder (a ``.NAME.lock`` file beside it, so it never pollutes the folder)."""
+    from filelock import FileLock, Timeout
+
     folder = Path(folder).resolve()
     lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
     try:
@@ -117,6 +121,7 @@ def model_summary(folder: str | Path) -> dict[str, Any]:
         "volume_shape": card.volume.get("shape"),
         "spacing_mm": card.volume.get("spacing"),
         "objective": card.objective,
+        "default_steps": default_steps(card),
         "onnx": sorted(f for f in card.files if f.startswith("onnx/")),
         "files": len(card.files),
         "size_bytes": size,

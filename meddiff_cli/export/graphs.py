@@ -1,4 +1,4 @@
-"""``meddiff export``: the sampler as two ONNX graphs (denoiser, decoder), verified against torch.
+"""The sampler as two ONNX graphs (denoiser, decoder), exported and verified against torch.
 
 Graphs (opset 18 by default, dynamic batch axis):
 
@@ -24,29 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from meddiff_cli.errors import ModelError, UsageError
+from meddiff_cli.errors import ModelError
+from meddiff_cli.export.options import DEFAULT_OPSET, DEFAULT_PRECISION, TOLERANCE, check_precision, onnx_files
 from meddiff_cli.fsutil import atomic_path, sha256_file
 from meddiff_cli.model.card import CARD_FILE, ModelCard, latent_normalization
 from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport
+from meddiff_cli.model.registry import model_lock
 from meddiff_cli.model.store import load_model
-from meddiff_cli.models import model_lock
+from meddiff_cli.runtime.onnx import create_session
 
-PRECISIONS = ("fp32", "fp16")
-TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2}
-DEFAULT_OPSET = 18
 ZERO_OUTPUT_THRESHOLD = 1e-6
-
-
-def onnx_files(precision: str) -> tuple[str, str]:
-    """Card-relative names of the (denoiser, decoder) graphs for a precision."""
-    check_precision(precision)
-    return f"onnx/denoiser.{precision}.onnx", f"onnx/decoder.{precision}.onnx"
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return precision
 
 
 def has_onnx(card: ModelCard, folder: Path, precision: str) -> bool:
@@ -71,7 +58,7 @@ class ExportResult:
         }
 
 
-def export_model(model_folder: str | Path, precision: str = "fp32", out: str | Path | None = None,
+def export_model(model_folder: str | Path, precision: str = DEFAULT_PRECISION, out: str | Path | None = None,
                  opset: int = DEFAULT_OPSET, seed: int = 0) -> ExportResult:
     """Export + verify both graphs, then record their sha256 in the card (model folder, or ``out``).
 
@@ -198,8 +185,6 @@ def _export_graph(module: torch.nn.Module, example: tuple[torch.Tensor, ...], pa
 def _verify_graph(path: Path, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
                   precision: str) -> tuple[float, str]:
     """Relative error ‖onnx − torch fp32‖ / ‖torch fp32‖ on inputs the exporter never saw."""
-    from meddiff_cli.sample.backends import create_session  # local: meddiff_cli.sample imports this module
-
     reference = module(*inputs).float().numpy()
     try:
         session, provider = create_session(path, device="cpu")

@@ -1,4 +1,4 @@
-"""Preview PNGs written during training: orthogonal mid-slices in radiological display convention."""
+"""Preview PNGs (training progress, ``sample --preview``): orthogonal mid-slices in radiological display convention."""
 
 from __future__ import annotations
 
@@ -12,15 +12,26 @@ from meddiff_cli.fsutil import atomic_path
 PREVIEW_DIR = "previews"
 
 
-def orthogonal_slices(volume: np.ndarray) -> np.ndarray:
-    """Axial | coronal | sagittal mid-slices of a RAS+ volume in [-1, 1], side by side (anterior/superior up,
-    patient right on the image left), as one float image padded to a common height."""
+def mid_slices(volume: np.ndarray, sagittal_offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axial, coronal and sagittal mid-slices of a RAS+ volume as displayed: anterior/superior up, patient
+    right on the image left (radiological convention), anterior on the left of the sagittal plane.
+
+    ``sagittal_offset`` moves the sagittal plane off the midline (a brain's midline is the CSF of the
+    interhemispheric fissure; a few voxels aside show the folded medial cortex).
+    """
     x, y, z = volume.shape
     axial = np.fliplr(np.flipud(volume[:, :, z // 2].T))
     coronal = np.fliplr(np.flipud(volume[:, y // 2, :].T))
-    sagittal = np.fliplr(np.flipud(volume[x // 2, :, :].T))
-    height = max(p.shape[0] for p in (axial, coronal, sagittal))
-    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 1)), constant_values=-1.0) for p in (axial, coronal, sagittal)]
+    sagittal = np.fliplr(np.flipud(volume[x // 2 + sagittal_offset, :, :].T))
+    return axial, coronal, sagittal
+
+
+def orthogonal_slices(volume: np.ndarray) -> np.ndarray:
+    """Axial | coronal | sagittal mid-slices of a volume in [-1, 1], side by side, as one float image padded
+    to a common height."""
+    planes = mid_slices(volume)
+    height = max(p.shape[0] for p in planes)
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 1)), constant_values=-1.0) for p in planes]
     return np.concatenate(padded, axis=1)
 
 

@@ -1,0 +1,23 @@
+"""Export settings and graph names: what ``meddiff export`` and ``meddiff sample --precision`` accept (no torch)."""
+
+from __future__ import annotations
+
+from meddiff_cli.errors import UsageError
+
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_PRECISION = "fp32"
+TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2}
+"""Largest relative error ||onnx - torch fp32|| / ||torch fp32|| an exported graph may have."""
+DEFAULT_OPSET = 18
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def onnx_files(precision: str) -> tuple[str, str]:
+    """Card-relative names of the (denoiser, decoder) graphs for a precision."""
+    check_precision(precision)
+    return f"onnx/denoiser.{precision}.onnx", f"onnx/decoder.{precision}.onnx"
