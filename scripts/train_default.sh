@@ -16,9 +16,8 @@
 #     not move, so the two runs are independent; the tuned decoder is written into the model at the end.
 # Each of the two runs uses one thread (OMP_NUM_THREADS=1): on 2 cores that beats two runs fighting for both.
 #
-# Continue a run (same OUT): the script resumes from $MEDDIFF_HOME/models/default's checkpoint. Continue from
-# the committed weights in a later session: AE_FROM is unchanged; to extend the denoiser, rerun with a larger
-# DIFF_STEPS and the old model folder in place (`meddiff train ... --resume --diffusion-steps N`).
+# Continue a run (same OUT): the script resumes from $MEDDIFF_HOME/models/default's checkpoint; DIFF_STEPS is
+# passed on every call, so rerunning with a larger DIFF_STEPS extends the cosine schedule of a finished run.
 # The 128^3 GPU model: PRESET=small SIZE=128 CT_SPACING=3 MRI_SPACING=1.5 DEVICE=cuda AE_FROM= (train stage 1 too).
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
@@ -102,7 +101,8 @@ while true; do
   status=0
   # stderr (progress lines every 30 s, validation) goes to the log; stdout is the JSON summary
   timeout -s TERM "$CHUNK_S" meddiff train "$OUT/prep_ct" "$OUT/prep_mri" --name default "${stage[@]}" \
-    --workers "$WORKERS" --device "$DEVICE" --seed 0 --json "${extra[@]}" > "$OUT/train.json" 2>> "$OUT/train.log" || status=$?
+    --diffusion-steps "$DIFF_STEPS" --workers "$WORKERS" --device "$DEVICE" --seed 0 --json "${extra[@]}" \
+    > "$OUT/train.json" 2>> "$OUT/train.log" || status=$?
   [ "$status" -eq 0 ] && break
   [ "$status" -eq 130 ] || [ "$status" -eq 124 ] || exit "$status"   # anything but "stopped by the chunk timer"
   extra=(--resume)
