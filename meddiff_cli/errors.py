@@ -1,13 +1,15 @@
 """Error types and the documented process exit codes.
 
 Every failure a user can cause maps to one :class:`MeddiffError` subclass; the CLI prints its
-message as one line on stderr and exits with its code. Anything else is a bug (exit 1).
+message as one line on stderr and exits with its code. Anything else is a bug (exit 1). With ``--json`` the
+same failure is also one JSON document on stdout, shaped by :func:`error_document`.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -21,8 +23,11 @@ class ExitCode(IntEnum):
     PARTIAL = 5  # some cases failed, the others were written
     MODEL = 6  # model/cache problem (missing, tampered, incompatible)
     DEVICE = 7  # requested device/provider unavailable
+    OUTPUT = 8  # cannot write the output: a file in the way, not meddiff's, permission, read-only, disk full
     INTERRUPTED = 130  # SIGINT / Ctrl-C
 
+
+INTERRUPTED_MESSAGE = "interrupted: finished outputs are kept, temp files removed; rerun the same command to resume"
 
 EXIT_CODE_HELP = {
     ExitCode.OK: "success",
@@ -33,6 +38,7 @@ EXIT_CODE_HELP = {
     ExitCode.PARTIAL: "partial success: some cases failed (see errors.json)",
     ExitCode.MODEL: "model or cache problem (missing, tampered, incompatible)",
     ExitCode.DEVICE: "requested device or provider unavailable",
+    ExitCode.OUTPUT: "cannot write output (path is a file or not meddiff's, no permission, read-only, disk full)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -50,6 +56,21 @@ class MeddiffError(Exception):
     def one_line(self) -> str:
         text = f"{self.path}: {self.message}" if self.path is not None else self.message
         return " ".join(text.split())
+
+    def document(self) -> dict[str, Any]:
+        return error_document(self.exit_code, self.message, self.path)
+
+
+def error_document(code: ExitCode, message: str, path: str | Path | None = None) -> dict[str, Any]:
+    """What ``--json`` prints on stdout when a command fails (docs/cli.md): ``{"error": {...}, "exit_code": N}``.
+
+    ``kind`` is the exit code's name (``usage``, ``output``, ...), so scripts need not know the numbers.
+    """
+    return {
+        "error": {"kind": code.name.lower(), "message": " ".join(message.split()),
+                  "path": str(path) if path is not None else None},
+        "exit_code": int(code),
+    }
 
 
 class UsageError(MeddiffError):
@@ -74,3 +95,7 @@ class ModelError(MeddiffError):
 
 class DeviceError(MeddiffError):
     exit_code = ExitCode.DEVICE
+
+
+class OutputError(MeddiffError):
+    exit_code = ExitCode.OUTPUT

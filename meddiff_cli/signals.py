@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from types import FrameType
+
+from meddiff_cli.errors import ExitCode
 
 
 def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
@@ -28,6 +31,12 @@ def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
 def install_sigterm_handler() -> None:
     """Make SIGTERM behave like SIGINT in this (main-thread) process."""
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+
+def exit_at_next_interrupt() -> None:
+    """After the first Ctrl-C has been reported: another one (while finalizers and threads wind down) ends the
+    process at once with exit 130 instead of a traceback. Atomic writes make that safe (temp names only)."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(int(ExitCode.INTERRUPTED)))
 
 
 def ignore_interrupts_in_worker() -> None:

@@ -12,6 +12,7 @@ from meddiff_cli.errors import (
     ExitCode,
     InputNotFoundError,
     ModelError,
+    OutputError,
     PartialFailure,
     UsageError,
 )
@@ -22,10 +23,10 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "exit-codes.md"
 def test_codes_are_pinned():
     assert {code.name: int(code) for code in ExitCode} == {
         "OK": 0, "INTERNAL": 1, "USAGE": 2, "NO_INPUT": 3, "BAD_INPUT": 4, "PARTIAL": 5, "MODEL": 6, "DEVICE": 7,
-        "INTERRUPTED": 130,
+        "OUTPUT": 8, "INTERRUPTED": 130,
     }
-    errors = (UsageError, InputNotFoundError, BadInputError, PartialFailure, ModelError, DeviceError)
-    assert [int(error("x").exit_code) for error in errors] == [2, 3, 4, 5, 6, 7]
+    errors = (UsageError, InputNotFoundError, BadInputError, PartialFailure, ModelError, DeviceError, OutputError)
+    assert [int(error("x").exit_code) for error in errors] == [2, 3, 4, 5, 6, 7, 8]
     assert set(EXIT_CODE_HELP) == set(ExitCode)
 
 

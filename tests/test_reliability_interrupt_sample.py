@@ -3,8 +3,8 @@
 `sample` stages each volume in ``.meddiff-tmp-shard-*``, records its sha256 in the manifest, then renames it
 into place; Ctrl-C/SIGTERM must exit 130 and remove the staging folder, SIGKILL may leave the staging folder
 but never a partial file under a final name, and a rerun must end with exactly the files (sha256) of an
-uninterrupted run, leaving finished files untouched. `evaluate --report` replaces its folder as a whole, so an
-interrupted run leaves the previous report byte for byte.
+uninterrupted run, leaving finished files untouched. `evaluate --report` writes its files only after the
+evaluation succeeded, so an interrupted run leaves the previous report byte for byte.
 """
 
 from __future__ import annotations

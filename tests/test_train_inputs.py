@@ -26,7 +26,7 @@ from train_support import make_data  # noqa: E402
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["meddiff", "train", *args])
+    monkeypatch.setattr(sys, "argv", ["meddiff", "train", "--preset", "tiny", *args])
     with pytest.raises(SystemExit) as exit_info:
         main()
     out, err = capsys.readouterr()
@@ -82,7 +82,8 @@ def test_bad_data_fails_with_one_line(problem, code, message, data, tmp_path, mo
                                   "--workers", "1", "--ae-steps", "1", "--diffusion-steps", "1",
                                   "--cache-dir", str(tmp_path / "cache"), "--json")
     assert code_seen == code, err
-    assert out == ""
+    document = json.loads(out)  # --json: the failure is one JSON document on stdout
+    assert document["exit_code"] == code and document["error"]["kind"] == code.name.lower()
     # Errors found while training (in a DataLoader worker) come after the "running on <device>" notice.
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("running on ")]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
@@ -167,7 +168,7 @@ def test_optimizer_state_round_trips_through_safetensors_and_checkpoint_swap_is_
 
     with pytest.raises(RuntimeError):  # a crash while writing the next checkpoint leaves the old one
         from meddiff_cli.fsutil import atomic_dir
-        with atomic_dir(tmp_path / CHECKPOINT_DIR) as tmp:
+        with atomic_dir(tmp_path / CHECKPOINT_DIR, replace=True) as tmp:  # as save_checkpoint does
             (tmp / "state.json").write_text("{half")
             raise RuntimeError("killed")
     assert load_checkpoint(tmp_path)[0]["step"] == 1

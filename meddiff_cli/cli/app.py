@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.markup import escape
 
 from meddiff_cli import __version__
 from meddiff_cli.cli import augment_seg, config, evaluate, export, models, phantom, preprocess, sample, train
+from meddiff_cli.cli import common
 from meddiff_cli.cli.common import err_console
-from meddiff_cli.errors import EXIT_CODE_HELP, ExitCode, MeddiffError
+from meddiff_cli.errors import EXIT_CODE_HELP, INTERRUPTED_MESSAGE, ExitCode, MeddiffError, error_document
+from meddiff_cli.fsutil import OUTPUT_PROBLEMS, output_error
 from meddiff_cli.paths import CONFIG_ENV
-from meddiff_cli.signals import install_sigterm_handler
+from meddiff_cli.signals import exit_at_next_interrupt, install_sigterm_handler
 
-INTERRUPTED_MESSAGE = "interrupted: finished outputs are kept, temp files removed; rerun the same command to resume"
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODE_HELP.items()) + "."
 # In pipeline order: that is the order `meddiff --help` lists them in.
 COMMAND_MODULES = (phantom, preprocess, train, sample, evaluate, augment_seg, export, models, config)
@@ -64,6 +66,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True,
         help="Print meddiff, python, torch, MONAI and ONNX Runtime versions and exit "
@@ -75,6 +78,7 @@ def root(
     ),
 ) -> None:
     """meddiff — synthetic 3D CT/MRI from latent diffusion models."""
+    common.config_map = ctx.default_map or {}  # a failure's JSON document honours `json = true` in the file
 
 
 for _module in COMMAND_MODULES:
@@ -82,31 +86,51 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and a documented exit code."""
+    """Entry point (via :mod:`meddiff_cli.__main__`): every failure is one line on stderr and a documented exit
+    code; with ``--json`` also one JSON document on stdout (:func:`meddiff_cli.errors.error_document`)."""
     install_sigterm_handler()
+    common.json_printed, common.config_map = False, {}
     try:
         # prog_name: `python -m meddiff_cli` and torchrun runs complete and print usage as `meddiff` too.
         result = app(standalone_mode=False, prog_name="meddiff")
     except MeddiffError as error:
-        err_console.print(f"[bold red]error:[/] {escape(error.one_line())}", highlight=False)
-        sys.exit(int(error.exit_code))
+        _fail(error.exit_code, error.one_line(), error.document())
     except KeyboardInterrupt:
-        err_console.print(INTERRUPTED_MESSAGE, highlight=False)
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _interrupted()
     except typer.Exit as done:
         result = done.exit_code
+    except OSError as error:
+        if error.errno not in OUTPUT_PROBLEMS:
+            _internal(error)
+        mapped = output_error(error)  # a path the file system refused (full disk, read-only, ...): not a bug
+        _fail(mapped.exit_code, mapped.one_line(), mapped.document())
     except Exception as error:
         if isinstance(error, typer.exceptions.TyperException) and hasattr(error, "show"):
             error.show()  # click-style usage error: message + hint, exit 2
-            sys.exit(int(ExitCode.USAGE))
+            _fail(ExitCode.USAGE, None, error_document(ExitCode.USAGE, error.format_message()))
         if type(error).__name__ == "Abort":  # click turns a KeyboardInterrupt during parsing/prompts into Abort
-            err_console.print(INTERRUPTED_MESSAGE, highlight=False)
-            sys.exit(int(ExitCode.INTERRUPTED))
-        err_console.print(
-            f"[bold red]internal error:[/] {type(error).__name__}: {escape(' '.join(str(error).split()))} (please report this bug)",
-            highlight=False,
-        )
-        sys.exit(int(ExitCode.INTERNAL))
+            _interrupted()
+        _internal(error)
     if result == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt into a silent exit code 130
-        err_console.print(INTERRUPTED_MESSAGE, highlight=False)
+        _interrupted()
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(code: ExitCode, line: str | None, document: dict, label: str = "error") -> NoReturn:
+    """Print the error line (unless already shown) and, for --json, the document unless a result is on stdout."""
+    if line is not None:
+        err_console.print(f"[bold red]{label}:[/] {escape(line)}", highlight=False)
+    if not common.json_printed and common.json_requested(sys.argv[1:]):
+        common.print_json(document)
+    sys.exit(int(code))
+
+
+def _interrupted() -> NoReturn:
+    exit_at_next_interrupt()  # a second Ctrl-C while cleaning up ends at once, without a traceback
+    err_console.print(INTERRUPTED_MESSAGE, highlight=False)
+    _fail(ExitCode.INTERRUPTED, None, error_document(ExitCode.INTERRUPTED, INTERRUPTED_MESSAGE))
+
+
+def _internal(error: BaseException) -> NoReturn:
+    message = f"{type(error).__name__}: {' '.join(str(error).split())} (please report this bug)"
+    _fail(ExitCode.INTERNAL, message, error_document(ExitCode.INTERNAL, message), "internal error")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,10 +26,49 @@ if TYPE_CHECKING:
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+json_printed = False
+"""Whether this run already wrote its JSON document (a failure after it, e.g. partial success, adds none)."""
+config_map: dict[str, Any] = {}
+"""The ``--config`` file's settings as click's ``default_map`` (set by the root callback), for :func:`json_requested`."""
+
+TRUE_WORDS = ("1", "true", "t", "yes", "y", "on")  # what click reads as true in an env var
+
+
 def print_json(obj: Any) -> None:
     """Write one JSON document to stdout (the only thing a --json command prints there)."""
+    global json_printed
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+    json_printed = True
+
+
+def json_requested(argv: Sequence[str]) -> bool:
+    """Whether this run asked for ``--json``: the flag, ``MEDDIFF_<COMMAND>_JSON``, or ``json = true`` in the
+    command's ``--config`` table (flag and env win over the file, as click decides).
+
+    Read from the raw arguments because a failure may come before click has parsed them (a bad value, say);
+    ``--`` ends the options, and ``--config FILE`` takes a value that is no command name.
+    """
+    args = list(argv[:argv.index("--")] if "--" in argv else argv)
+    if "--json" in args:
+        return True
+    words: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--config":
+            next(rest, None)
+        elif not arg.startswith("-") and len(words) < 2:
+            words.append(arg)
+    for n in (2, 1):  # `models list` before `models`: the deeper table or variable is the command's own
+        env = os.environ.get(f"MEDDIFF_{'_'.join(words[:n]).upper().replace('-', '_')}_JSON")
+        if len(words) >= n and env is not None:
+            return env.strip().lower() in TRUE_WORDS
+    table: Any = config_map
+    for word in words:
+        table = table.get(word, {}) if isinstance(table, dict) else {}
+        if isinstance(table, dict) and "json_output" in table:
+            return bool(table["json_output"])
+    return False
 
 
 def info(message: str, quiet: bool = False) -> None:

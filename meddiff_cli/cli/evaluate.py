@@ -90,7 +90,8 @@ def evaluate_command(
     anatomy_steps: int = typer.Option(default(EvaluateOptions, "anatomy_steps"), "--anatomy-steps", min=1,
                                       help="Training steps of the REAL-trained segmenter (cached per REAL set)."),
     report: Path | None = typer.Option(
-        None, "--report", help="Write report.json, PNG plots and a self-contained report.html into this folder."
+        None, "--report", help="Write report.json, PNG plots and a self-contained report.html into this folder: a "
+        "new or empty one, or an earlier report's (only meddiff's own files there are replaced)."
     ),
     device: str = typer.Option(default(EvaluateOptions, "device"), "--device", autocompletion=complete_device,
                                help="auto, cpu, cuda or cuda:N (MedicalNet / ONNX features, anatomy segmenter)."),
@@ -107,9 +108,11 @@ def evaluate_command(
     from rich.markup import escape
 
     from meddiff_cli.evaluate import evaluate_folders
-    from meddiff_cli.evaluate.report import write_report
+    from meddiff_cli.evaluate.report import check_report_folder, write_report
 
     show_settings(verbose, quiet)
+    if report is not None:
+        check_report_folder(report)  # a file or someone else's folder is refused before minutes of work
     options = EvaluateOptions(
         features=features, modality=modality, size=_numbers(size, "--size", int),
         spacing=_numbers(spacing, "--spacing", float), device=device, workers=workers, bootstrap_reps=bootstrap,

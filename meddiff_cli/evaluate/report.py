@@ -1,7 +1,8 @@
 """``--report DIR``: report.json, PNG plots (:mod:`~meddiff_cli.evaluate.plots`) and one self-contained report.html.
 
-The metric rows are shared with the terminal table. The whole folder is written atomically (a complete
-new report or the old one).
+The metric rows are shared with the terminal table. Each file is written atomically into a new or empty folder,
+or one holding an earlier report: meddiff's marker there lists the files it wrote, and only those are replaced
+(:func:`meddiff_cli.fsutil.write_owned_files`); anything else in the folder is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 
 from meddiff_cli.evaluate.pipeline import EvaluationResult
 from meddiff_cli.evaluate.plots import anatomy_plot, histogram_plot, memorization_plots, montage, pca_plot
-from meddiff_cli.fsutil import atomic_dir
+from meddiff_cli.fsutil import owned_files, write_owned_files
 
 EXPLANATIONS = {
     "frechet_distance": "Fréchet distance between Gaussians fitted to REAL and SYNTH features (lower = closer). "
@@ -181,8 +182,16 @@ def _anatomy_html(anatomy: dict[str, Any] | None) -> str:
             f"<th>components SYNTH</th></tr>{rows}</table>")
 
 
+REPORT_KIND = "evaluate report"
+
+
+def check_report_folder(folder: str | Path) -> None:
+    """Refuse, before any computation, a ``--report`` path that is a file or a non-empty folder meddiff did not write."""
+    owned_files(folder, REPORT_KIND)
+
+
 def write_report(result: EvaluationResult, folder: str | Path) -> Path:
-    """Write report.json, the PNGs and report.html into ``folder`` (atomically replaced as a whole)."""
+    """Write report.json, the PNGs and report.html into ``folder``, replacing only an earlier report's files."""
     folder = Path(folder)
     summary = result.summary
     images = {
@@ -195,9 +204,6 @@ def write_report(result: EvaluationResult, folder: str | Path) -> Path:
     if summary.get("memorization") is not None:
         images["memorization_pairs.png"], images["memorization_ncc.png"] = memorization_plots(result)
     pngs = {name: _png_bytes(image) for name, image in images.items()}
-    with atomic_dir(folder) as tmp:
-        (tmp / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        for name, data in pngs.items():
-            (tmp / name).write_bytes(data)
-        (tmp / "report.html").write_text(_html(summary, pngs), encoding="utf-8")
-    return folder
+    files = {"report.json": (json.dumps(summary, indent=2) + "\n").encode("utf-8"), **pngs,
+             "report.html": _html(summary, pngs).encode("utf-8")}
+    return write_owned_files(folder, files, REPORT_KIND)

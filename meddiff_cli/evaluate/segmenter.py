@@ -113,7 +113,7 @@ def trained_segmenter(real: VolumeSet, steps: int, seed: int, device: Any, cache
     source = {"kind": "trained on REAL's label maps", "classes": dict(zip(names, values, strict=True)),
               "trained_on": len(train), "validation_volumes": len(held), "validation_dice": validation,
               "steps": budget.epochs * budget.steps_per_epoch, "network": config.to_json(), "key": key}
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, replace=True) as tmp:  # a cache entry of meddiff's own
         save_network(net, tmp / WEIGHTS_FILE, {"anatomy": source})
     return Segmenter(_torch_predict(net, device), names, {**source, "cached": False})
 

@@ -26,7 +26,7 @@ import torch
 
 from meddiff_cli.errors import ModelError
 from meddiff_cli.export.options import DEFAULT_OPSET, DEFAULT_PRECISION, TOLERANCE, check_precision, onnx_files
-from meddiff_cli.fsutil import atomic_path, sha256_file
+from meddiff_cli.fsutil import atomic_path, output_folder, sha256_file
 from meddiff_cli.model.card import CARD_FILE, ModelCard, latent_normalization
 from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport
 from meddiff_cli.model.registry import model_lock
@@ -67,8 +67,7 @@ def export_model(model_folder: str | Path, precision: str = DEFAULT_PRECISION, o
     """
     check_precision(precision)
     model_folder = Path(model_folder)
-    target = Path(out) if out is not None else model_folder
-    target.mkdir(parents=True, exist_ok=True)
+    target = output_folder(out if out is not None else model_folder)
     with model_lock(target):
         return _export_locked(model_folder, target, precision, opset, seed, copy_card=out is not None)
 

@@ -13,12 +13,12 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from meddiff_cli.errors import ModelError, UsageError
-from meddiff_cli.fsutil import atomic_dir, sha256_file
+from meddiff_cli.fsutil import FolderLock, atomic_dir, sha256_file
 from meddiff_cli.model.card import CARD_FILE, ModelCard
 from meddiff_cli.model.scheduler import default_steps
 from meddiff_cli.paths import models_dir
@@ -68,24 +68,24 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
             if not (folder / CARD_FILE).is_file():
                 raise
         return folder
+    available = ", ".join(model_names(cache_dir)) or "none"
     raise ModelError(
-        f"model {name!r} not found in {models_dir(cache_dir)}; train one with `meddiff train --name {name}` "
-        f"or add one with `meddiff models import PATH --name {name}`"
+        f"model {name!r} not found in {models_dir(cache_dir)} (available: {available}); train one with "
+        f"`meddiff train --name {name}` or add one with `meddiff models import PATH --name {name}`"
     )
 
 
 @contextmanager
 def model_lock(folder: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Exclusive lock on a model folder (a ``.NAME.lock`` file beside it, so it never pollutes the folder)."""
-    from filelock import FileLock, Timeout
-
+    """Exclusive lock on a model folder (a ``.NAME.lock`` file beside it, so it never pollutes the folder; deleted
+    when released)."""
     folder = Path(folder).resolve()
-    lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
-    try:
-        with lock.acquire(timeout=timeout):
-            yield
-    except Timeout:
-        raise ModelError(f"another meddiff process has held the model lock for {timeout:.0f} s", folder) from None
+    with ExitStack() as held:
+        try:
+            held.enter_context(FolderLock(folder.parent / f".{folder.name}.lock", timeout=timeout))
+        except TimeoutError:
+            raise ModelError(f"another meddiff process has held the model lock for {timeout:.0f} s", folder) from None
+        yield
 
 
 def verify_model(folder: str | Path) -> dict[str, str]:
@@ -156,7 +156,7 @@ def import_model(source: str | Path, name: str | None = None, cache_dir: str | P
         raise UsageError(f"model {target.name!r} already exists in the cache; pass --overwrite or choose --name", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     card.name = target.name
-    with model_lock(target), atomic_dir(target) as tmp:
+    with model_lock(target), atomic_dir(target, replace=True) as tmp:  # a cache entry (--overwrite checked above)
         for relative in card.files:
             destination = tmp / relative
             destination.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from meddiff_cli import __version__
 from meddiff_cli.errors import UsageError
-from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps
+from meddiff_cli.fsutil import atomic_write_json, output_folder, remove_stale_temps
 from meddiff_cli.io.nifti import write_nifti
 from meddiff_cli.phantom.generate import LABELS, generate_phantom, phantom_geometry
 from meddiff_cli.phantom.options import DEFAULTS, FORMATS
@@ -98,9 +98,10 @@ def write_phantom_corpus(
         "contrast": contrast if modality == "mri" else None,
         "nodules": bool(nodules) if modality == "ct" else None,
     }
+    output_folder(out_dir)  # a file in the way is one line naming it, before anything else
     _check_resumable(out_dir, settings)
     for sub in ("images", "labels"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        output_folder(out_dir / sub)
         remove_stale_temps(out_dir / sub)
     started = time.perf_counter()
     cases: list[dict[str, Any]] = []

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import filelock
 import numpy as np
 
-from meddiff_cli.errors import BadInputError, InputNotFoundError, MeddiffError, UsageError
-from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps, sha256_file
+from meddiff_cli.errors import BadInputError, InputNotFoundError, MeddiffError, OutputError, UsageError
+from meddiff_cli.fsutil import FolderLock, atomic_write_json, output_folder, remove_stale_temps, sha256_file
 from meddiff_cli.io import CaseSource, discover_cases, read_case, write_nifti
 from meddiff_cli.preprocess.manifest import (
     ERRORS_NAME,
@@ -108,16 +108,13 @@ def preprocess_cases(
                  f"{workers} worker(s)", "use a smaller --size / fewer --workers")
     out_dir = Path(out_dir)
     found = _gather_inputs([Path(p) for p in inputs], Path(labels_dir) if labels_dir else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(out_dir / LOCK_NAME))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise UsageError("another `meddiff preprocess` run is writing to this folder", out_dir) from None
-    try:
+    output_folder(out_dir)
+    with ExitStack() as held:
+        try:  # the lock file is deleted when the run ends, however it ends
+            held.enter_context(FolderLock(out_dir / LOCK_NAME, timeout=0))
+        except TimeoutError:
+            raise UsageError("another `meddiff preprocess` run is writing to this folder", out_dir) from None
         return _run(found, out_dir, settings, workers, overwrite, on_case_done)
-    finally:
-        lock.release()
 
 
 def _run(
@@ -215,6 +212,8 @@ def process_job(job: _Job) -> dict[str, Any]:
     """Worker entry point: one case in, its outputs written, its manifest entry (or error) out."""
     try:
         entry = _process_case(job)
+    except OutputError:
+        raise  # the output folder's problem (disk full, read-only), not this case's: stop; a rerun resumes
     except MeddiffError as error:
         return _failure(job.case, error.message)
     except MemoryError:
@@ -320,11 +319,15 @@ def _previous_manifest(out_dir: Path, overwrite: bool) -> dict[str, Any] | None:
 
 
 def _remove_outputs(out_dir: Path, cases: list[dict[str, Any]]) -> None:
-    """Delete outputs made with superseded settings so the folder never mixes two grids."""
+    """Delete outputs made with superseded settings so the folder never mixes two grids.
+
+    Only what the manifest lists under images/ or labels/: a damaged manifest cannot point outside them.
+    """
     for case in cases:
         for key in ("image", "label"):
-            if case.get(key):
-                (out_dir / case[key]).unlink(missing_ok=True)
+            path = out_dir / str(case.get(key) or "")
+            if case.get(key) and path.parent.resolve() == (out_dir / f"{key}s").resolve():
+                path.unlink(missing_ok=True)
 
 
 def _resolve_modality(settings: PreprocessSettings, found: _Inputs, previous: dict[str, Any] | None) -> str:

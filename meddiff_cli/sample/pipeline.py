@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 
 from meddiff_cli.errors import ModelError, UsageError
 from meddiff_cli.export import ensure_onnx, onnx_files
-from meddiff_cli.fsutil import TMP_PREFIX, remove_stale_temps
+from meddiff_cli.fsutil import TMP_PREFIX, FolderLock, output_folder, remove_stale_temps
 from meddiff_cli.io.preview import PREVIEW_DIR, save_preview
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.model.card import ModelCard, latent_normalization
@@ -72,12 +71,11 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     if mapping is None:
         raise ModelError(f"model card has no intensity mapping for {options.modality!r}", folder)
     to_physical(np.zeros(1, dtype=np.float32), mapping)  # an unusable mapping fails now, not after denoising
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(options.out)
 
     run = manifests.run_key(card, options)
     mine = shard_indices(options.count, shard)
-    manifest_lock = FileLock(str(out / f".{manifests.MANIFEST_FILE}.lock"))
+    manifest_lock = FolderLock(out / f".{manifests.MANIFEST_FILE}.lock")  # deleted on release: no file left behind
     with manifest_lock:
         manifest = manifests.load_manifest(out, run, options.overwrite)
     done, pending = manifests.plan(out, manifest, mine, options)
@@ -158,7 +156,7 @@ def _collect(in_flight: list[Future], result: SampleResult, progress: SampleProg
 
 
 def _write_one(out: Path, staging: Path, volume: Volume, model_space: np.ndarray, index: int, options: SampleOptions,
-               card: ModelCard, manifest_lock: FileLock, run: dict[str, Any], result: SampleResult) -> dict[str, Any]:
+               card: ModelCard, manifest_lock: FolderLock, run: dict[str, Any], result: SampleResult) -> dict[str, Any]:
     """Stage under a temp name, record its sha256 in the manifest, then rename into place.
 
     A crash after the manifest update leaves a listed-but-missing file (regenerated on resume); a crash

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from meddiff_cli.errors import UsageError
-from meddiff_cli.fsutil import atomic_write_json, remove_stale_temps
+from meddiff_cli.fsutil import atomic_write_json, output_folder, remove_stale_temps
 from meddiff_cli.io import Volume, read_case
 from meddiff_cli.modality import ALIASES, MODALITIES
 from meddiff_cli.preprocess.transform import PreprocessSettings
@@ -144,6 +144,7 @@ def run_experiment(settings: ExperimentSettings, out_dir: Path, progress: Progre
     say(f"running on {describe_device(device)}")
     data = prepare_data(settings, say)
     for folder in (out_dir, out_dir / MODELS_DIR):
+        output_folder(folder)  # a file in the way fails now, not after the training
         remove_stale_temps(folder)  # half-written files of an interrupted earlier run
     class_names = data.classes.names
     seg_config = settings.network.with_out_channels(data.classes.n_classes + 1)

@@ -66,7 +66,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
 def save_checkpoint(model_folder: Path, state: dict[str, Any], groups: dict[str, dict[str, torch.Tensor]]) -> Path:
     """Write ``state`` (JSON-able) and tensor ``groups`` as a new checkpoint folder, atomically."""
     final = Path(model_folder) / CHECKPOINT_DIR
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, replace=True) as tmp:  # the previous checkpoint is this model's own
         files = {f"{group}.safetensors": save_state_dict(tensors, tmp / f"{group}.safetensors")
                  for group, tensors in groups.items()}
         atomic_write_json(tmp / STATE_FILE, {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
