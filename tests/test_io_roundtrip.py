@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
+import nibabel
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from scipy.spatial.transform import Rotation
 
+from meddiff_cli.errors import OutputError
 from meddiff_cli.io import (
     LPS_TO_RAS,
     Volume,
@@ -206,9 +209,11 @@ def test_failed_dicom_write_leaves_previous_series_intact(tmp_path, monkeypatch)
             raise OSError("disk full")
         return original(self, *args, **kwargs)
 
+    with pytest.raises(OutputError, match="exists"):  # an existing folder is refused unless replace=True
+        write_dicom_series(oblique_volume(seed=5), tmp_path / "series")
     monkeypatch.setattr(pydicom.dataset.FileDataset, "save_as", failing_save)
     with pytest.raises(OSError):
-        write_dicom_series(oblique_volume(seed=5), tmp_path / "series")
+        write_dicom_series(oblique_volume(seed=5), tmp_path / "series", replace=True)
     assert sorted(p.read_bytes() for p in folder.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["series"]
 
@@ -227,3 +232,44 @@ def test_written_dicom_passes_dciodvfy(tmp_path, modality):
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         # dciodvfy's dictionary predates Synthetic Data (0008,001C): its complaint is the one allowed.
         assert [e for e in errors if "0x0008,0x001c" not in e] == [], report
+
+
+# First two letters of Manufacturer that dcm2niix maps to a vendor (dcmStrManufacturer in its nii_dicom.cpp).
+DCM2NIIX_VENDOR_PREFIXES = ("SI", "GE", "HI", "ME", "PH", "TO", "CA", "CP", "UI", "BR", "MR", "HY")
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_dicom_tells_converters_the_truth(tmp_path, synthetic):
+    """PatientPosition is set (HFS) and Manufacturer names meddiff without starting like a real vendor's name,
+    which converters read as that vendor (dcm2niix turned "meddiff" into "Mediso")."""
+    folder = write_dicom_series(Volume(np.zeros(SHAPE, np.float32), oblique_affine(), "ct"), tmp_path / "s",
+                                model_name="tiny", synthetic=synthetic)
+    ds = pydicom.dcmread(sorted(folder.iterdir())[0])
+    assert ds.PatientPosition == "HFS"
+    assert "meddiff" in ds.Manufacturer and ds.Manufacturer[:2].upper() not in DCM2NIIX_VENDOR_PREFIXES
+    assert ds.Manufacturer.startswith("SYNTHETIC" if synthetic else "DERIVED")
+    assert ds.ManufacturerModelName == "meddiff tiny"
+    if shutil.which("dcm2niix") is None:
+        return
+    done = subprocess.run(["dcm2niix", "-o", str(tmp_path), "-f", "converted", str(folder)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sidecar = json.loads((tmp_path / "converted.json").read_text())
+    assert sidecar.get("Manufacturer") in (None, "Unknown") and sidecar["PatientPosition"] == "HFS"
+    assert "Patient Position" not in done.stdout + done.stderr
+
+
+def test_synthetic_nifti_says_so_in_its_header(tiny_model, tmp_path, run_meddiff):
+    """descrip / aux_file / intent_name mark sampled volumes and phantoms; real (preprocessed) data stays unmarked."""
+    assert run_meddiff("sample", "--model", "tiny", "--modality", "ct", "--count", "1", "--steps", "2",
+                       "--device", "cpu", "--out", tmp_path / "synth", "-q")[0] == 0
+    assert run_meddiff("phantom", "--modality", "ct", "--count", "1", "--size", "16", "--out", tmp_path / "ph",
+                       "-q")[0] == 0
+    real = write_nifti(Volume(np.zeros(SHAPE, np.float32), oblique_affine(), "ct"), tmp_path / "real.nii.gz")
+    for path, source in ((tmp_path / "synth" / "synth_ct_0000.nii.gz", "(model tiny)"),
+                         (next((tmp_path / "ph" / "images").iterdir()), "(procedural phantom)")):
+        header = nibabel.load(str(path)).header
+        assert header["descrip"].item().decode() == f"meddiff synthetic {source}: not a real patient scan"
+        assert header["aux_file"].item() == b"meddiff synthetic" and header["intent_name"].item() == b"synthetic"
+    header = nibabel.load(str(real)).header
+    assert header["descrip"].item() == header["aux_file"].item() == header["intent_name"].item() == b""

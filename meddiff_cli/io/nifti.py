@@ -18,6 +18,7 @@ from meddiff_cli.io.limits import check_affine, check_finite, check_voxel_count
 from meddiff_cli.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SYNTHETIC_MARK = "meddiff synthetic"  # start of descrip and all of aux_file in synthetic volumes
 
 
 def read_nifti(path: str | Path, modality: str = "unknown") -> Volume:
@@ -121,9 +122,21 @@ def write_nifti(volume: Volume, path: str | Path, dtype: str = "float32") -> Pat
         raise ValueError(f"unsupported NIfTI dtype {dtype!r}")
     image = nib.Nifti1Image(data, volume.affine)
     image.header.set_xyzt_units("mm")
+    if volume.metadata.get("synthetic"):
+        _mark_synthetic(image.header, volume.metadata)
     image.set_qform(volume.affine, code=1)
     image.set_sform(volume.affine, code=1)
     suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:
         nib.save(image, str(tmp))
     return path
+
+
+def _mark_synthetic(header: nib.Nifti1Header, metadata: dict) -> None:
+    """Say in the header itself that no patient was scanned: ``descrip`` (80 characters, shown by most viewers),
+    ``aux_file`` and ``intent_name``, so the mark survives renaming and copying without the manifest."""
+    source = f"model {metadata['model']}" if metadata.get("model") else "procedural phantom" if metadata.get(
+        "phantom") else "generated"
+    header["descrip"] = f"{SYNTHETIC_MARK} ({source}): not a real patient scan"[:80].encode("ascii", "replace")
+    header["aux_file"] = SYNTHETIC_MARK.encode("ascii")
+    header.set_intent("none", (), name="synthetic")

@@ -13,6 +13,13 @@ from meddiff_cli.fsutil import atomic_dir
 from meddiff_cli.io.volume import LPS_TO_RAS, Volume
 from meddiff_cli.modality import MODALITIES
 
+# Converters guess the vendor from Manufacturer's first two letters (dcm2niix: "ME" is Mediso, "SI" Siemens,
+# "GE", "PH", "TO", "CA", "HI", "UI", "BR", "MR", "HY", "CP"), so the text must not start like a vendor.
+MANUFACTURER_SYNTHETIC = "SYNTHETIC (meddiff)"
+MANUFACTURER_DERIVED = "DERIVED (meddiff)"
+# Positions and orientations are patient coordinates whatever this says; head first supine is what converters
+# assume when it is missing (dcm2niix warns), and what the phantoms and models depict.
+PATIENT_POSITION = "HFS"
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 
@@ -68,8 +75,12 @@ def write_dicom_series(
     synthetic: bool = True,
     dtype: str = "auto",
     series_number: int = 1,
+    replace: bool = False,
 ) -> Path:
     """Write ``volume`` as a CT/MR Image Storage series (one file per slice) into ``out_dir``, atomically.
+
+    ``out_dir`` must be new; ``replace=True`` (for a caller that knows the folder is its own earlier series)
+    swaps an existing folder out only once the new series is complete.
 
     Every UID is new and nothing is copied from any input: the patient module holds placeholder values.
     Synthetic output carries Synthetic Data (0008,001C) = YES and says so in its descriptions.
@@ -102,7 +113,7 @@ def write_dicom_series(
     )
     columns, rows, depth = stored.shape
     normal = np.cross(row_dir, col_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, replace=replace) as tmp:
         for k in range(depth):
             position = affine @ np.array([0.0, 0.0, k, 1.0])
             meta = FileMetaDataset()
@@ -122,8 +133,8 @@ def write_dicom_series(
             ds.Modality = "CT" if modality == "ct" else "MR"
             if synthetic:
                 ds.add_new(0x0008001C, "CS", "YES")  # Synthetic Data
-            ds.Manufacturer = "meddiff"
-            ds.ManufacturerModelName = (model_name or "meddiff")[:64]
+            ds.Manufacturer = MANUFACTURER_SYNTHETIC if synthetic else MANUFACTURER_DERIVED
+            ds.ManufacturerModelName = f"meddiff {model_name}"[:64] if model_name else "meddiff"
             ds.SoftwareVersions = "meddiff"
             ds.ReferringPhysicianName = ""
             ds.StudyDescription = f"{origin_kind} data (meddiff)"
@@ -137,7 +148,7 @@ def write_dicom_series(
             ds.BodyPartExamined = ""
             ds.SliceThickness = _ds(spacing[2])
             ds.SpacingBetweenSlices = _ds(spacing[2])
-            ds.PatientPosition = ""
+            ds.PatientPosition = PATIENT_POSITION
             if modality == "ct":
                 ds.KVP = ""
             else:
