@@ -112,8 +112,13 @@ def test_huge_header_refused_before_allocation(tmp_path):
 def test_not_a_volume_named_explicitly(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
-    cases = discover_cases([path])
-    assert cases == [CaseSource("notes", path, "unknown")]
+    with pytest.raises(BadInputError, match="not a supported volume") as alone:  # alone: refused at once
+        discover_cases([path])
+    assert_one_line(alone.value, path)
+    other = tmp_path / "other.txt"
+    other.write_text("world")
+    cases = discover_cases([path, other])  # with other inputs: a case that fails with its reason when read
+    assert cases[0] == CaseSource("notes", path, "unknown")
     with pytest.raises(BadInputError, match="not a supported volume") as error:
         read_case(cases[0])
     assert_one_line(error.value, path)

@@ -18,6 +18,7 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from meddiff_cli.errors import BadInputError, ExitCode
@@ -150,3 +151,35 @@ def test_size_claims_refused_before_any_large_allocation(tmp_path, compressed):
             tracemalloc.stop()
         assert peak < 16 * 2**20, f"{path.name}: {peak:,} bytes allocated before refusing"
         assert str(path) in str(error.value)
+
+
+def _jpeg(path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).save(path, format="JPEG")
+    return path
+
+
+def test_jpeg_named_dcm_is_named_not_skipped_silently(run_meddiff, tmp_path):
+    """A JPEG renamed scan001.dcm: in a folder it is named in a note (and in "no volumes found"); alone it is
+    identified as not DICOM at once, before any question about --modality."""
+    jpeg = _jpeg(tmp_path / "scans" / "scan001.dcm")
+    code, _, err = run_meddiff("preprocess", tmp_path / "scans", "--out", tmp_path / "out", *ARGS, "-q")
+    assert code == ExitCode.NO_INPUT
+    assert stderr_lines(err) == [f"error: {tmp_path / 'scans'}: no volumes found (NIfTI, NRRD, MHA, MHD or DICOM "
+                                 f"image series); skipped 1 file(s) named like DICOM that are not DICOM: {jpeg} "
+                                 "(a JPEG image)"]
+
+    write_nifti(seed_volume(), tmp_path / "scans" / "good.nii.gz")
+    code, out, err = run_meddiff("preprocess", tmp_path / "scans", "--out", tmp_path / "out", *ARGS, "--json", "-q")
+    assert code == 0, err
+    notes = json.loads(out)["notes"]
+    assert any(str(jpeg) in note and "JPEG" in note for note in notes), notes
+    assert any(str(jpeg) in note for note in json.loads((tmp_path / "out" / "manifest.json").read_text())["notes"])
+
+    for args in ([], ["--modality", "mri"]):  # without --modality: the file is the problem, not the modality
+        code, _, err = run_meddiff("preprocess", jpeg, "--out", tmp_path / "alone", "--size", "16", *args)
+        assert code == ExitCode.BAD_INPUT
+        assert stderr_lines(err) == [f"error: {jpeg}: not a DICOM file: a JPEG image"]
+    assert not (tmp_path / "alone").exists()

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError
-from meddiff_cli.io.dicom import read_dicom, scan_dicom_files, skipped_notes, sniff_dicom, write_dicom_series
+from meddiff_cli.io.dicom import (
+    DICOM_SUFFIXES, not_dicom_detail, other_format, read_dicom, scan_dicom_files, skipped_notes, sniff_dicom,
+    write_dicom_series,
+)
 from meddiff_cli.io.itk import ITK_SUFFIXES, read_itk, read_with_simpleitk, write_itk
 from meddiff_cli.io.limits import MAX_VOXELS_ENV
 from meddiff_cli.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
@@ -40,6 +43,8 @@ __all__ = [
 ]
 
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+UNSUPPORTED = "not a supported volume (NIfTI, NRRD, MHA, MHD by name, or DICOM by content)"
+MAX_NAMED = 3  # files named in one note before "and N more"
 
 
 @dataclass(frozen=True)
@@ -93,20 +98,28 @@ def read_volume(path: str | Path, modality: str = "auto", volume_index: int | No
         return read_nifti(path, file_modality)
     if kind is not None:
         return read_itk(path, file_modality)
-    if path.is_dir() or sniff_dicom(path) or path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+    if path.is_dir() or sniff_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
         return read_dicom(path, modality, volume_index=volume_index)
-    raise BadInputError("not a supported volume (NIfTI, NRRD, MHA, MHD by name, or DICOM by content)", path)
+    raise BadInputError(_unsupported(path), path)
+
+
+def _unsupported(path: Path) -> str:
+    kind = other_format(path)
+    return f"{UNSUPPORTED}: this is {kind}" if kind else UNSUPPORTED
 
 
 def discover_cases(inputs: list[Path] | list[str], notes: list[str] | None = None) -> list[CaseSource]:
     """Expand files and folders into cases, sorted by case id.
 
     Volume files are cases named after the file; DICOM (recognised by content) is grouped into series,
-    each a case ``series-<hash>``. Unknown files inside folders are ignored; an explicitly named file
-    that is neither becomes a case that fails with a clear BadInputError when read. DICOM files that
-    are no case (localizers, non-image objects) are skipped; ``notes`` gets one line per folder and reason.
+    each a case ``series-<hash>``. Unknown files inside folders are ignored, except files named like DICOM
+    (``.dcm``) that are not, which are named in a note. An explicitly named file that is neither becomes a case
+    that fails with a clear BadInputError when read; alone, it fails here, before anyone asks for a modality.
+    DICOM files that are no case (localizers, non-image objects) are skipped; ``notes`` gets one line per
+    folder and reason, and "no volumes found" repeats them.
     """
     cases: list[CaseSource] = []
+    found_notes: list[str] = []
     for raw in inputs:
         root = Path(raw)
         if not root.exists():
@@ -116,27 +129,36 @@ def discover_cases(inputs: list[Path] | list[str], notes: list[str] | None = Non
             if kind is not None:
                 cases.append(CaseSource(_case_id_from_name(root), root, kind))
                 continue
-            series, skipped = scan_dicom_files([root]) if root.stat().st_size and sniff_dicom(root) else ([], [])
-            if notes is not None and series:
-                notes.extend(skipped_notes(skipped))
+            dicom_like = root.stat().st_size and (sniff_dicom(root) or root.suffix.lower() in DICOM_SUFFIXES)
+            series, skipped = scan_dicom_files([root]) if dicom_like else ([], [])
             if series:
+                found_notes.extend(skipped_notes(skipped))
                 cases.extend(CaseSource(s.case_id, root, "dicom", s.case_id, (root,)) for s in series)
+            elif len(inputs) == 1:  # say what the file is now, not after asking for --modality
+                raise BadInputError(skipped[0][1] if skipped else _unsupported_file(root), root)
             else:  # keep it so the failure is reported for this file, with its reason, at read time
                 cases.append(CaseSource(_case_id_from_name(root), root, "unknown"))
             continue
         dicom_candidates: list[Path] = []
+        misnamed: list[Path] = []
         for file in walk_files(root, nnunet_images_only=True):
             kind = volume_format(file)
             if kind is not None:
                 cases.append(CaseSource(_case_id_from_name(file), file, kind))
             elif sniff_dicom(file):
                 dicom_candidates.append(file)
+            elif file.suffix.lower() in DICOM_SUFFIXES:
+                misnamed.append(file)
         series, skipped = scan_dicom_files(dicom_candidates)
-        if notes is not None:
-            notes.extend(skipped_notes(skipped))
+        found_notes.extend(skipped_notes(skipped))
+        if misnamed:
+            found_notes.append(_misnamed_note(misnamed))
         cases.extend(CaseSource(s.case_id, _series_folder(s.files), "dicom", s.case_id, tuple(s.files)) for s in series)
+    if notes is not None:
+        notes.extend(found_notes)
     if not cases:
-        raise InputNotFoundError("no volumes found (NIfTI, NRRD, MHA, MHD or DICOM image series)",
+        aside = f"; {'; '.join(found_notes)}" if found_notes else ""
+        raise InputNotFoundError(f"no volumes found (NIfTI, NRRD, MHA, MHD or DICOM image series){aside}",
                                  inputs[0] if len(inputs) == 1 else None)
     by_id: dict[str, CaseSource] = {}
     for case in cases:
@@ -149,6 +171,19 @@ def discover_cases(inputs: list[Path] | list[str], notes: list[str] | None = Non
             )
         by_id[case.case_id] = case
     return sorted(by_id.values(), key=lambda c: c.case_id)
+
+
+def _unsupported_file(path: Path) -> str:
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    return _unsupported(path)
+
+
+def _misnamed_note(files: list[Path]) -> str:
+    """One line naming the first few files named like DICOM that are not DICOM (with what they are) and the count."""
+    named = ", ".join(f"{file} ({not_dicom_detail(file)})" for file in files[:MAX_NAMED])
+    more = f" and {len(files) - MAX_NAMED} more" if len(files) > MAX_NAMED else ""
+    return f"skipped {len(files)} file(s) named like DICOM that are not DICOM: {named}{more}"
 
 
 def _series_folder(files: list[Path]) -> Path:

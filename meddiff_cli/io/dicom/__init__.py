@@ -16,8 +16,12 @@ what is refused is tabulated in docs/formats.md ("DICOM").
 
 from meddiff_cli.io.dicom.read import load_series, read_dicom
 from meddiff_cli.io.dicom.scan import (
+    DICOM_SUFFIXES,
     DicomSeries,
     find_dicom_files,
+    not_dicom_detail,
+    not_dicom_reason,
+    other_format,
     scan_dicom_files,
     series_case_id,
     skipped_notes,
@@ -26,8 +30,12 @@ from meddiff_cli.io.dicom.scan import (
 from meddiff_cli.io.dicom.writer import write_dicom_series
 
 __all__ = [
+    "DICOM_SUFFIXES",
     "DicomSeries",
     "find_dicom_files",
+    "not_dicom_detail",
+    "not_dicom_reason",
+    "other_format",
     "load_series",
     "read_dicom",
     "scan_dicom_files",

@@ -48,6 +48,34 @@ class DicomSeries:
         return f"{self.case_id} ({self.modality or '?'}, {len(self.frames)} slices of {frame.columns}x{frame.rows})"
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# Magic numbers of files that end up named .dcm by mistake (an exported screenshot, a zipped study, ...).
+OTHER_FORMATS = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+                 (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"),
+                 (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip file"))
+
+
+def other_format(path: Path) -> str | None:
+    """What a file is when its first bytes are a common non-DICOM format's magic number (else None)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    return next((kind for magic, kind in OTHER_FORMATS if head.startswith(magic)), None)
+
+
+def not_dicom_reason(path: Path) -> str:
+    """Why ``path`` is no DICOM file, naming its real format when its magic number tells."""
+    return f"not a DICOM file: {not_dicom_detail(path)}"
+
+
+def not_dicom_detail(path: Path) -> str:
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    return other_format(path) or "no DICM preamble and no DICOM header"
+
+
 def sniff_dicom(path: Path) -> bool:
     """Cheap content test: the ``DICM`` magic after the preamble, or a bare dataset starting with a
     group 0002/0008 tag (old files without preamble). The header parse confirms it."""
@@ -122,11 +150,12 @@ def _scan(paths: Iterable[Path]) -> tuple[list[DicomSeries], list[tuple[Path, st
         try:
             ds = read_dataset(path, header_only=True)
         except Exception as error:  # pydicom raises many types on corrupt input
-            skipped.append((path, f"unreadable DICOM ({type(error).__name__})"))
+            skipped.append((path, not_dicom_reason(path) if other_format(path) else
+                            f"unreadable DICOM ({type(error).__name__})"))
             continue
         try:  # elements are parsed lazily: any access below may meet a malformed one
             if not _looks_like_dicom(ds):
-                skipped.append((path, "not a DICOM file (no DICM preamble and no DICOM header)"))
+                skipped.append((path, not_dicom_reason(path)))
                 continue
             frames = frames_of(ds, path)
             transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
