@@ -41,7 +41,7 @@ def test_train_pipes_clean_json_and_names_its_device(tmp_path, isolated_cache):
     from tests.train_support import make_data
 
     data = make_data(tmp_path / "data", "ct", cases=4, size=16)
-    summary, stderr = run_piped("train", data, "--name", "piped", "--device", "cpu", "--workers", "0",
+    summary, stderr = run_piped("train", data, "--name", "piped", "--preset", "tiny", "--device", "cpu", "--workers", "0",
                                 "--ae-steps", "2", "--diffusion-steps", "2", "--batch-size", "1", "--json",
                                 home=isolated_cache)
     assert summary["steps"] == {"autoencoder": 2, "diffusion": 2}

@@ -39,7 +39,7 @@ def test_two_process_gloo_ddp_matches_single_process_format(tmp_path):
     data = make_data(tmp_path / "ct", "ct", cases=5, size=16)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDDIFF_HOME": str(tmp_path / "ddp")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "meddiff_cli", "train", str(data), "--name", "m", "--ae-steps", "2", "--diffusion-steps", "2",
+               "-m", "meddiff_cli", "train", str(data), "--name", "m", "--preset", "tiny", "--ae-steps", "2", "--diffusion-steps", "2",
                "--batch-size", "1", "--device", "cpu", "--workers", "0", "--json", *SETTINGS]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
@@ -75,7 +75,7 @@ def test_sigkill_at_any_moment_then_resume_matches_uninterrupted_run(tmp_path):
                 "train.adv_warmup_steps": 2, "train.adv_ramp_steps": 2}
     cache = tmp_path / "killed"
     command = [sys.executable, "-m", "meddiff_cli", "train", str(data), "--name", "m", "--stage", "autoencoder",
-               "--steps", "8", "--device", "cpu", "--workers", "0", "--cache-dir", str(cache), "-q"]
+               "--preset", "tiny", "--steps", "8", "--device", "cpu", "--workers", "0", "--cache-dir", str(cache), "-q"]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -94,9 +94,9 @@ def test_sigkill_at_any_moment_then_resume_matches_uninterrupted_run(tmp_path):
     assert 2 <= killed_at <= 8
 
     overrides = dict(settings)
-    resumed = train_model(TrainOptions([data], "m", stage="autoencoder", steps=8, device="cpu", cache_dir=cache,
+    resumed = train_model(TrainOptions([data], "m", preset="tiny", stage="autoencoder", steps=8, device="cpu", cache_dir=cache,
                                        resume=True, overrides=overrides))
-    straight = train_model(TrainOptions([data], "m", stage="autoencoder", steps=8, device="cpu",
+    straight = train_model(TrainOptions([data], "m", preset="tiny", stage="autoencoder", steps=8, device="cpu",
                                         cache_dir=tmp_path / "straight", overrides=overrides))
     _, a = load_checkpoint(resumed.folder)
     _, b = load_checkpoint(straight.folder)
@@ -112,7 +112,7 @@ def test_sigterm_to_the_process_group_stops_cleanly_with_a_checkpoint(tmp_path):
     data = make_data(tmp_path / "ct", "ct", cases=3, size=16)
     cache = tmp_path / "cache"
     command = [sys.executable, "-m", "meddiff_cli", "train", str(data), "--name", "m", "--stage", "autoencoder",
-               "--steps", "500", "--device", "cpu", "--workers", "1", "--cache-dir", str(cache), "-q",
+               "--preset", "tiny", "--steps", "500", "--device", "cpu", "--workers", "1", "--cache-dir", str(cache), "-q",
                "--val-every", "1000", "--preview-every", "1000", "--checkpoint-every", "1"]
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                                stderr=subprocess.PIPE, text=True)

@@ -94,8 +94,8 @@ def train_command(
     modality: Optional[list[str]] = typer.Option(
         None, "--modality", "-m", help="Class label per DATA folder (default: the manifest's modality). Repeat per folder.",
         **choice(MODALITIES, ALIASES)),
-    preset: str = typer.Option(default(TrainOptions, "preset"), "--preset", help="Network/training preset: tiny (CPU "
-                               "tests), compact (trains on a CPU in ~30 min at 64^3), small, base (GPU).", **choice(tuple(PRESETS))),
+    preset: str = typer.Option(default(TrainOptions, "preset"), "--preset", help="Network/training preset: compact (trains "
+                               "on a CPU in ~30 min at 64^3), small, base (GPU); tiny is for tests (seconds, no quality).", **choice(tuple(PRESETS))),
     stage: str = typer.Option(default(TrainOptions, "stage"), "--stage", help="autoencoder, diffusion or all "
                               "(autoencoder then diffusion).", **choice(STAGE_CHOICES)),
     steps: Optional[int] = typer.Option(

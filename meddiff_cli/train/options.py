@@ -21,7 +21,7 @@ class TrainOptions:
     data: list[Path]
     name: str
     modalities: list[str] | None = None
-    preset: str = "tiny"
+    preset: str = "compact"  # the CPU preset meant for real use (tiny is for tests)
     stage: str = "all"
     steps: int | None = None
     ae_steps: int | None = None
