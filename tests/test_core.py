@@ -19,7 +19,7 @@ from meddiff_cli.model.networks import build_autoencoder, build_denoiser
 def test_exit_codes_are_pinned():
     assert {c.name: int(c) for c in ExitCode} == {
         "OK": 0, "INTERNAL": 1, "USAGE": 2, "NO_INPUT": 3, "BAD_INPUT": 4,
-        "PARTIAL": 5, "MODEL": 6, "DEVICE": 7, "INTERRUPTED": 130,
+        "PARTIAL": 5, "MODEL": 6, "DEVICE": 7, "OUTPUT": 8, "INTERRUPTED": 130,
     }
 
 

@@ -213,7 +213,7 @@ def test_tampered_weights_are_refused(tiny_model, tmp_path, run_meddiff):
 def test_device_cuda_without_cuda_exits_7(tiny_model, tmp_path, run_meddiff, backend):
     code, stdout, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path, "--model", "tiny",
                                     "--device", "cuda", "--backend", backend, "--json")
-    assert code == 7 and stdout == ""
+    assert code == 7 and json.loads(stdout)["error"]["kind"] == "device"  # --json: the error document
     assert "cuda" in err.lower() and "--device cpu" in _flat(err)
 
 
