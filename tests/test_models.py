@@ -127,3 +127,27 @@ def test_bundled_default_is_copied_into_the_cache_verified_on_first_use(isolated
     assert folder == isolated_cache / "models" / "default"
     assert verify_model(folder) == {name: "ok" for name in ModelCard.load(BUNDLED_DIR / "default").files}
     assert resolve_model("default") == folder  # second use: the cache copy, no new import
+
+
+def test_cached_copy_of_an_older_bundle_is_replaced_but_a_users_model_is_not(isolated_cache):
+    """After an upgrade ships new bundled weights, `default` resolves to them; a same-named model of the user's stays."""
+    import json
+
+    from meddiff_cli.model.registry import BUNDLED_DIR
+
+    if not (BUNDLED_DIR / "default" / "model.json").is_file():
+        pytest.skip("no bundled default model in this checkout")
+    folder = resolve_model("default")
+    card_file = folder / "model.json"
+    card = json.loads(card_file.read_text())
+    card["files"]["denoiser.safetensors"] = "0" * 64  # as if an older meddiff had bundled other weights
+    card_file.write_text(json.dumps(card))
+    assert resolve_model("default") == folder
+    assert ModelCard.load(folder).files == ModelCard.load(BUNDLED_DIR / "default").files
+
+    card = json.loads(card_file.read_text())
+    del card["training"]["bundled_weights_dtype"]  # now it is the user's own model called "default"
+    card["files"]["denoiser.safetensors"] = "1" * 64
+    card_file.write_text(json.dumps(card))
+    resolve_model("default")
+    assert ModelCard.load(folder).files["denoiser.safetensors"] == "1" * 64

@@ -59,11 +59,12 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
     if looks_like_path:
         raise ModelError("not a meddiff model folder (no model.json)", candidate)
     folder = models_dir(cache_dir) / validate_name(name)
-    if (folder / CARD_FILE).is_file():
+    bundled = BUNDLED_DIR / name
+    if (folder / CARD_FILE).is_file() and not _stale_bundle_copy(folder, bundled):
         return folder
-    if (BUNDLED_DIR / name / CARD_FILE).is_file():
+    if (bundled / CARD_FILE).is_file():
         try:
-            import_model(BUNDLED_DIR / name, name, cache_dir)
+            import_model(bundled, name, cache_dir, overwrite=(folder / CARD_FILE).is_file())
         except UsageError:  # another process copied it in the meantime
             if not (folder / CARD_FILE).is_file():
                 raise
@@ -73,6 +74,21 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
         f"model {name!r} not found in {models_dir(cache_dir)} (available: {available}); train one with "
         f"`meddiff train --name {name}` or add one with `meddiff models import PATH --name {name}`"
     )
+
+
+def _stale_bundle_copy(folder: Path, bundled: Path) -> bool:
+    """True for a cache copy of a bundled model whose weights are not the installed package's: an upgrade of
+    meddiff brought new bundled weights. Only copies meddiff made from its bundle (their card records the
+    bundled weights' dtype) are ever replaced; a model the user trained or imported under that name is kept."""
+    if not (bundled / CARD_FILE).is_file():
+        return False
+    try:
+        cached, shipped = ModelCard.load(folder), ModelCard.load(bundled)
+    except ModelError:
+        return False
+    if not cached.training.get("bundled_weights_dtype"):
+        return False
+    return any(cached.files.get(name) != sha for name, sha in shipped.files.items())
 
 
 @contextmanager
