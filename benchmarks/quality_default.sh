@@ -10,7 +10,8 @@
 # pool for the memorization check; benchmarks/quality_report.py turns the reports into the README table,
 # the anatomy check (bone on the posterior midline where real phantoms have their spine), the montage
 # (docs/default_model_samples.png) and the curve over training snapshots ($OUT/snapshots, if the
-# training run kept them; CURVE_N samples per modality each).
+# training run kept them; CURVE_N samples per modality each). REFERENCE=MODEL adds an earlier model's row;
+# CURVE_ONLY=1 stops after the curve (useful while the final model is still training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,21 +35,26 @@ done
 evaluate_model() {  # MODEL LABEL COUNT EXTRA...: sample COUNT volumes per modality and evaluate them
   local model=$1 label=$2 count=$3; shift 3
   for modality in ct mri; do
-    local synth="$Q/$label/synth_$modality"
+    local synth="$Q/$label/synth_$modality" train=()
+    [ -f "$OUT/prep_$modality/manifest.json" ] && train=(--train "$OUT/prep_$modality")  # memorization check
     rm -rf "$synth"   # this script's own output from an earlier run
     meddiff sample --model "$model" --modality "$modality" --count "$count" --seed 1 --out "$synth" -q
     meddiff evaluate "$OUT/heldout_prep_$modality" "$synth" --size "$SIZE" --spacing "$(spacing_of "$modality")" \
-      --json -q "$@" > "$Q/$label/evaluate_$modality.json"
+      --json -q "${train[@]}" "$@" > "$Q/$label/evaluate_$modality.json"
   done
 }
 
-mkdir -p "$Q/final"
-evaluate_model "$MODEL" final "$N" --train "$OUT/prep_ct" --report "$Q/final/report" 2>/dev/null || \
-  evaluate_model "$MODEL" final "$N"   # without a training pool (e.g. a downloaded model): no memorization check
-for snapshot in "$OUT"/snapshots/diffusion_*; do
+# REFERENCE (optional): an earlier model evaluated the same way, e.g. the previous bundled default.
+if [ -n "${REFERENCE:-}" ] && [ ! -f "$Q/reference/evaluate_mri.json" ]; then
+  mkdir -p "$Q/reference" && evaluate_model "$REFERENCE" reference "$N"
+fi
+for snapshot in "$OUT"/snapshots/diffusion_*; do   # the curve: fewer samples, no anatomy model, no bootstrap
   [ -d "$snapshot" ] || continue
   label="curve/$(basename "$snapshot")"
   mkdir -p "$Q/$label"
-  [ -f "$Q/$label/evaluate_mri.json" ] || evaluate_model "$snapshot" "$label" "$CURVE_N" --bootstrap 0
+  [ -f "$Q/$label/evaluate_mri.json" ] || evaluate_model "$snapshot" "$label" "$CURVE_N" --bootstrap 0 --no-anatomy
 done
+[ -n "${CURVE_ONLY:-}" ] && exit 0
+mkdir -p "$Q/final"
+evaluate_model "$MODEL" final "$N"
 python benchmarks/quality_report.py "$OUT" "$MODEL"
