@@ -60,7 +60,9 @@ def test_every_computing_command_exits_7_for_cuda_and_2_for_a_bad_device(
         tiny_model, corpora, tmp_path, run_meddiff):  # noqa: F811
     phantoms = corpora["train"] / "images"
     commands = {
-        "sample-onnx": ["sample", "--modality", "ct", "-n", "1", "--out", tmp_path / "s1", "--model", "tiny"],
+        "sample-onnx": ["sample", "--modality", "ct", "-n", "1", "--out", tmp_path / "s1", "--model", "tiny",
+                        "--backend", "onnx"],
+        "sample-auto": ["sample", "--modality", "ct", "-n", "1", "--out", tmp_path / "s3", "--model", "tiny"],
         "sample-torch": ["sample", "--modality", "ct", "-n", "1", "--out", tmp_path / "s2", "--model", "tiny",
                          "--backend", "torch"],
         "evaluate": ["evaluate", phantoms, phantoms, "--size", "16"],
@@ -81,7 +83,7 @@ def test_every_computing_command_exits_7_for_cuda_and_2_for_a_bad_device(
 
 def test_the_device_that_ran_is_reported(tiny_model, corpora, tmp_path, run_meddiff):  # noqa: F811
     code, _, err = run_meddiff("sample", "--modality", "ct", "-n", "1", "--steps", "1", "--out", tmp_path / "s",
-                               "--model", "tiny", "--device", "cpu")
+                               "--model", "tiny", "--device", "cpu", "--backend", "onnx")
     assert code == 0 and "running on cpu (CPUExecutionProvider" in err
     phantoms = corpora["train"] / "images"
     code, _, err = run_meddiff("evaluate", phantoms, corpora["test"] / "images", "--size", "16", "--bootstrap", "0",

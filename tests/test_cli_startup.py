@@ -51,7 +51,7 @@ def test_completion_imports_no_heavy_stage_and_offers_values(isolated_cache):
     cases = {
         "meddiff sample --modality ": {"ct", "mri"},
         "meddiff sample --format ": {"nifti", "dicom", "npy"},
-        "meddiff sample --backend ": {"onnx", "torch"},
+        "meddiff sample --backend ": {"auto", "onnx", "torch"},
         "meddiff train data/ --preset ": {"tiny", "compact", "small", "base"},
         "meddiff sample --model bo": {"body-ct"},
         "meddiff models info ": {"body-ct", "default"},

@@ -72,7 +72,7 @@ def test_fp16_export_is_within_fp16_tolerance(tiny_model, tmp_path):
     for precision in ("fp16", "fp32"):
         out = tmp_path / precision
         sample_volumes(SampleOptions(modality="ct", count=1, out=out, model="tiny", steps=3, file_format="npy",
-                                     device="cpu", precision=precision))
+                                     device="cpu", backend="onnx", precision=precision))
         runs[precision] = np.load(out / "synth_ct_0000.npy")
         assert json.loads((out / "manifest.json").read_text())["precision"] == precision
     assert 0 < np.abs(runs["fp16"] - runs["fp32"]).max() < 20.0

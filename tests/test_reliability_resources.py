@@ -74,7 +74,7 @@ def test_out_of_memory_at_batch_one_is_a_device_error(tiny_model, tmp_path, run_
     monkeypatch.setattr(OnnxBackend, "denoise", always_oom)
     out = tmp_path / "out"
     code, _, err = run_meddiff("sample", "--model", "tiny", "--modality", "ct", "--count", "2", "--steps", "2",
-                               "--batch-size", "2", "--device", "cpu", "--out", out, "-q")
+                               "--batch-size", "2", "--device", "cpu", "--backend", "onnx", "--out", out, "-q")
     assert code == 7 and "out of memory even with --batch-size 1" in " ".join(err.split())
     assert "Traceback" not in err and not list(out.glob("synth_*"))
 
@@ -99,7 +99,8 @@ def test_max_memory_lowers_the_batch_up_front_or_refuses(tiny_model, tmp_path, r
 
     out = tmp_path / "limited"
     code, _, err = run_meddiff("sample", "--model", "tiny", "--modality", "ct", "--count", COUNT, "--steps", "3",
-                               "--batch-size", "4", "--device", "cpu", "--max-memory", "0.012", "--out", out)
+                               "--batch-size", "4", "--device", "cpu", "--backend", "onnx", "--max-memory", "0.012",
+                               "--out", out)
     assert code == 0, err
     assert "batch size 4 -> 2 (--max-memory 0.012 GB)" in " ".join(err.split())
     assert digests(out) == expected

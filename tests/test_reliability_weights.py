@@ -77,12 +77,12 @@ def test_onnx_graphs_are_hash_checked_before_any_inference_session(tiny_model, t
     monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
     card = json.loads((tiny_model / "model.json").read_text())
     flip_byte(tiny_model / "onnx" / "decoder.fp32.onnx")
-    code, _, err = run_meddiff(*SAMPLE, "--out", tmp_path / "a")
+    code, _, err = run_meddiff(*SAMPLE, "--backend", "onnx", "--out", tmp_path / "a")
     assert code == 6 and "decoder.fp32.onnx" in one_line(err)
     assert received == [], "an InferenceSession was created before the graphs were verified"
 
     flip_byte(tiny_model / "onnx" / "decoder.fp32.onnx")  # flip it back: valid again
-    code, _, err = run_meddiff(*SAMPLE, "--out", tmp_path / "b")
+    code, _, err = run_meddiff(*SAMPLE, "--backend", "onnx", "--out", tmp_path / "b")
     assert code == 0, err
     digests = [hashlib.sha256(model).hexdigest() for model in received if isinstance(model, bytes)]
     assert len(digests) == len(received) == 2
@@ -185,7 +185,7 @@ def test_two_processes_exporting_on_first_use_share_the_cache_safely(isolated_ca
     model lock, the other waits and uses its graphs; both succeed, and the cache verifies afterwards."""
     save_random_tiny_model(isolated_cache / "models" / "fresh", name="fresh")
     command = [sys.executable, "-m", "meddiff_cli", "sample", "--model", "fresh", "--modality", "ct", "--count", "2",
-               "--steps", "2", "--device", "cpu", "--json", "-q"]
+               "--steps", "2", "--device", "cpu", "--backend", "onnx", "--json", "-q"]
     processes = [subprocess.Popen([*command, "--out", str(tmp_path / f"out{n}")], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for n in range(2)]
     results = [process.communicate(timeout=300) for process in processes]

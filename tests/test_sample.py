@@ -56,8 +56,8 @@ def test_euler_loop_integrates_velocity_from_noise_to_data(tiny_model):
 
 
 def test_onnx_and_torch_backends_give_the_same_volumes(tiny_model, tmp_path):
-    onnx = _sample(tmp_path / "onnx", count=2, backend="onnx")
-    torch_run = _sample(tmp_path / "torch", count=2, backend="torch")
+    onnx = _sample(tmp_path / "onnx", count=2, backend="onnx", precision="fp32")
+    torch_run = _sample(tmp_path / "torch", count=2, backend="torch", precision="fp32")
     assert onnx["provider"] == "CPUExecutionProvider" and torch_run["provider"].startswith("torch-cpu")
     a, b = _arrays(tmp_path / "onnx"), _arrays(tmp_path / "torch")
     assert a.keys() == b.keys() == {0, 1}
@@ -203,7 +203,7 @@ def test_tampered_weights_are_refused(tiny_model, tmp_path, run_meddiff):
     data[len(data) // 2] ^= 0x01
     graph.write_bytes(bytes(data))
     code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path / "b", "--model",
-                               "tiny", "--device", "cpu", "-q")
+                               "tiny", "--backend", "onnx", "--device", "cpu", "-q")
     assert code == 6 and "decoder.fp32.onnx" in _flat(err)
     assert not list((tmp_path / "b").glob("synth_*"))
 
@@ -237,7 +237,7 @@ def test_first_use_exports_onnx_and_json_summary_parses(tmp_path, run_meddiff):
     folder = save_random_tiny_model(Path(os.environ["MEDDIFF_HOME"]) / "models" / "fresh")
     assert not (folder / "onnx").exists()
     code, stdout, err = run_meddiff("sample", "--modality", "mri", "--count", "1", "--out", tmp_path / "o",
-                                    "--model", "fresh", "--steps", "2", "--device", "auto", "--json")
+                                    "--model", "fresh", "--steps", "2", "--device", "auto", "--backend", "onnx", "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["exported_onnx"] is True and summary["generated"] == 1 and summary["provider"]
@@ -257,9 +257,9 @@ def test_bad_flags_exit_2(tmp_path, run_meddiff, tiny_model, flags, message):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision, tolerance_hu", [("fp32", 0.5), ("fp16", 20.0)])
 def test_cuda_onnx_with_io_binding_matches_cpu_torch(tiny_model, tmp_path, precision, tolerance_hu):
-    gpu = _sample(tmp_path / "gpu", count=2, device="cuda", precision=precision)
+    gpu = _sample(tmp_path / "gpu", count=2, device="cuda", backend="onnx", precision=precision)
     assert gpu["provider"] == "CUDAExecutionProvider" and gpu["device"] == "cuda:0"
-    _sample(tmp_path / "cpu", count=2, backend="torch")
+    _sample(tmp_path / "cpu", count=2, backend="torch", precision="fp32")
     for index, array in _arrays(tmp_path / "cpu").items():
         np.testing.assert_allclose(_arrays(tmp_path / "gpu")[index], array, atol=tolerance_hu)
 

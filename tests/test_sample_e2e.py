@@ -36,7 +36,8 @@ def test_trained_model_exports_and_samples(tmp_path, run_meddiff):
     for backend in ("onnx", "torch"):
         out = tmp_path / backend
         code, stdout, err = run_meddiff("sample", "--modality", "ct", "--model", "e2e", "--count", "2", "--out", out,
-                                        "--steps", "3", "--backend", backend, "--device", "cpu", "--json", "-q")
+                                        "--steps", "3", "--backend", backend, "--precision", "fp32", "--device", "cpu",
+                                        "--json", "-q")
         assert code == 0, err
         assert json.loads(stdout)["generated"] == 2
         outputs[backend] = [nib.load(str(out / f"synth_ct_{i:04d}.nii.gz")) for i in range(2)]

@@ -98,6 +98,15 @@ def progress_bar(quiet: bool = False) -> Iterator[Progress]:
         yield progress
 
 
+def duration_text(seconds: float) -> str:
+    """An ETA for progress lines: ``1h05m``, ``3m07s``; ``?`` before there is a rate (NaN)."""
+    if seconds != seconds:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 # --------------------------------------------------------------------------- settings, sources, --verbose
 
 SOURCE_NAMES = {"COMMANDLINE": "flag", "ENVIRONMENT": "env", "DEFAULT_MAP": "file", "DEFAULT": "default"}

@@ -9,43 +9,61 @@ from typing import Any
 import typer
 
 from meddiff_cli.cli.common import (
-    VERBOSE_OPTION, choice, complete_device, complete_model, default, info, print_json, progress_bar, show_settings,
+    VERBOSE_OPTION, choice, complete_device, complete_model, default, duration_text, info, print_json, progress_bar,
+    show_settings,
 )
+from meddiff_cli.devices import CpuClock
 from meddiff_cli.modality import ALIASES
 from meddiff_cli.sample.options import (
-    BACKENDS, FORMATS, MODALITIES, PRECISIONS, SAMPLERS, SampleOptions, SampleProgress,
+    BACKENDS, FORMATS, MODALITIES, PRECISIONS, SAMPLERS, SampleOptions, SampleProgress, SampleResult,
 )
 
 HELP = (
-    "Generate synthetic CT/MRI volumes from a trained model (rectified-flow sampling in latent space, "
-    "ONNX Runtime by default). Outputs are marked synthetic and listed with seeds and sha256 in "
-    "DIR/manifest.json; an interrupted run resumes where it stopped."
+    "Generate synthetic CT/MRI volumes from a trained model (rectified-flow sampling in latent space, on the "
+    "fastest path of this machine by default: PyTorch bf16 autocast on CPUs with AMX/AVX512-BF16, ONNX Runtime "
+    "fp16 on CUDA). Outputs are marked synthetic and listed with seeds and sha256 in DIR/manifest.json; an "
+    "interrupted run resumes where it stopped."
 )
 EPILOG = (
     "Example: meddiff sample --modality ct --count 20 --out synth/ --seed 0 --preview  "
-    "(volume i of seed S is the same for any --batch-size or --shard; split a run over 4 jobs with "
+    "(volume i of seed S is the same for any --shard, and for any --batch-size on the bf16 CPU path; other paths "
+    "may differ by floating-point rounding between batch sizes, see docs/sampling.md; split a run over 4 jobs with "
     "--shard 0/4 … --shard 3/4 into the same DIR). Exit codes: 2 bad flags or existing outputs without "
     "--overwrite, 6 model missing/tampered, 7 requested device unavailable."
 )
 
 
 class _RichProgress(SampleProgress):
-    """Two bars on stderr: volumes of this shard, and denoiser steps of the current batch."""
+    """Two bars on stderr: volumes of this shard, and denoiser steps of the current batch. Where stderr is not a
+    terminal (a log file, a pipeline), one plain line per batch instead: volumes done/total, s/volume, ETA."""
 
     def __init__(self, bar, options: SampleOptions, quiet: bool, verbose: bool = False) -> None:
         self.bar, self.options, self.quiet, self.verbose = bar, options, quiet, verbose
-        self.last = time.perf_counter()
+        self.last = self.began = time.perf_counter()
         self.volumes = self.steps = None
+        self.total = self.done = self.sampled = 0
 
     def start(self, total: int, pending: int) -> None:
         self.volumes = self.bar.add_task("volumes", total=total, completed=total - pending, status="")
         self.steps = self.bar.add_task("steps", total=1, status="")
+        self.total, self.done = total, total - pending
 
-    def ready(self, device: str, provider: str, exported: bool) -> None:
-        if exported:
-            info(f"exported the ONNX graphs ({self.options.precision}) on first use", self.quiet)
-        info(f"running on {device} ({provider}; backend {self.options.backend}, {self.options.precision})", self.quiet)
-        self.last = time.perf_counter()  # per-volume times below exclude export and model loading
+    def ready(self, result: SampleResult) -> None:
+        if result.exported:
+            info(f"exported the ONNX graphs ({result.precision}) on first use", self.quiet)
+        threads = f"{result.threads} thread" + ("s" if result.threads != 1 else "")
+        info(f"running on {result.device} ({result.provider}; backend {result.backend}, {result.precision}, "
+             f"{threads}, batch {result.batch_size})", self.quiet)
+        if self.verbose and result.choice:
+            info(f"[dim]{result.choice}[/]", self.quiet)
+        self.last = self.began = time.perf_counter()  # per-volume times below exclude export and model loading
+
+    def batch_sampled(self, size: int) -> None:
+        self.done, self.sampled = self.done + size, self.sampled + size
+        if self.bar.disable:
+            per_volume = (time.perf_counter() - self.began) / self.sampled
+            eta = duration_text(per_volume * (self.total - self.done))
+            info(f"sampled {self.done}/{self.total} volumes ({per_volume:.2f} s/volume, ETA {eta})", self.quiet)
 
     def batch(self, size: int, steps: int) -> None:
         self.bar.reset(self.steps, total=steps, status=f"batch of {size}")
@@ -88,10 +106,15 @@ def sample_command(
                                     help="nifti (.nii.gz; CT int16 HU), dicom (series folder) or npy.", **choice(FORMATS)),
     device: str = typer.Option(default(SampleOptions, "device"), "--device", autocompletion=complete_device,
                                help="auto, cpu, cuda or cuda:N (cuda fails with exit 7 if unavailable)."),
-    backend: str = typer.Option(default(SampleOptions, "backend"), "--backend",
-                                help="onnx (ONNX Runtime) or torch (PyTorch reference).", **choice(BACKENDS)),
-    precision: str = typer.Option(default(SampleOptions, "precision"), "--precision",
-                                  help="fp32 or fp16 (fp16 is for GPUs).", **choice(PRECISIONS)),
+    backend: str = typer.Option(default(SampleOptions, "backend"), "--backend", **choice(BACKENDS),
+                                help="auto (the fastest measured path here: torch on CPUs, ONNX Runtime on CUDA), "
+                                     "onnx (ONNX Runtime) or torch (PyTorch)."),
+    precision: str = typer.Option(default(SampleOptions, "precision"), "--precision", **choice(PRECISIONS),
+                                  help="auto (bf16 on CPUs with AMX/AVX512-BF16, else fp32; fp16 on CUDA), fp32, fp16 "
+                                       "(for GPUs) or bf16 (PyTorch autocast)."),
+    threads: int | None = typer.Option(
+        default(SampleOptions, "threads"), "--threads", show_default="the cores other processes leave free",
+        help="CPU threads for the networks (torch and ONNX Runtime)."),
     shard: str | None = typer.Option(None, "--shard", help="I/N: generate only indices i with i % N == I (0-based)."),
     preview: bool = typer.Option(default(SampleOptions, "preview"), "--preview",
                                  help="Also write previews/<name>.png with three mid-slices."),
@@ -105,17 +128,18 @@ def sample_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
+    since = CpuClock.now()  # before the heavy imports: --threads auto measures free cores from here
     from meddiff_cli.sample import parse_shard, sample_volumes
 
     show_settings(verbose, quiet)
     options = SampleOptions(
         modality=modality, count=count, out=out, model=model, cache_dir=cache_dir, steps=steps,
         sampler=sampler, seed=seed, batch_size=batch_size, file_format=file_format,
-        device=device.lower(), backend=backend, precision=precision, shard=parse_shard(shard),
+        device=device.lower(), backend=backend, precision=precision, threads=threads, shard=parse_shard(shard),
         preview=preview, overwrite=overwrite, compile=compile_model, max_memory_gb=max_memory,
     )
     with progress_bar(quiet) as bar:
-        result = sample_volumes(options, _RichProgress(bar, options, quiet, verbose))
+        result = sample_volumes(options, _RichProgress(bar, options, quiet, verbose), since)
     summary = result.to_dict()
     rate = f", {summary['volumes_per_s']} volumes/s" if summary["volumes_per_s"] else ""
     info(f"{len(result.generated)} generated, {len(result.skipped)} already done (shard "

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from meddiff_cli.cli.common import (
-    VERBOSE_OPTION, choice, complete_device, default, info, print_json, progress_bar, show_settings,
+    VERBOSE_OPTION, choice, complete_device, default, duration_text, info, print_json, progress_bar, show_settings,
 )
 from meddiff_cli.errors import UsageError
 from meddiff_cli.modality import ALIASES, MODALITIES
@@ -56,7 +56,7 @@ class ProgressReporter(Reporter):
         if self.progress.disable and (now - self.last_line >= self.LOG_INTERVAL_S or step == total_steps):
             self.last_line = now
             eta = (total_steps - step) / rate if rate > 0 else float("nan")
-            info(f"{stage} step {step}/{total_steps}: {status}, ETA {_duration(eta)}", self.quiet)
+            info(f"{stage} step {step}/{total_steps}: {status}, ETA {duration_text(eta)}", self.quiet)
 
     def validated(self, stage: str, step: int, total_steps: int, metrics: dict[str, float]) -> None:
         """A log line per validation, so runs whose stderr is a file (clusters) still show progress."""
@@ -65,14 +65,6 @@ class ProgressReporter(Reporter):
 
     def message(self, text: str) -> None:
         info(text, self.quiet)
-
-
-def _duration(seconds: float) -> str:
-    if seconds != seconds:  # NaN: no rate yet
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _parse_set(values: list[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from meddiff_cli.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "backend": ["Backend"],
-    "onnx": ["CPU_PROVIDER", "CUDA_PROVIDER", "OnnxBackend", "cpu_threads", "create_session"],
+    "choice": ["RuntimeChoice", "choose_runtime"],
+    "onnx": ["CPU_PROVIDER", "CUDA_PROVIDER", "OnnxBackend", "create_session"],
     "pytorch": ["TorchBackend"],
 })

@@ -16,6 +16,8 @@ class Backend(Protocol):
     name: str
     provider: str  # what really runs, e.g. CUDAExecutionProvider or torch-cpu
     device_label: str  # for messages and the manifest, e.g. cuda:0 or cpu
+    precision: str  # fp32 | fp16 | bf16
+    precision_label: str  # what really runs, e.g. "bf16 autocast"
     torch_device: torch.device
 
     def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:

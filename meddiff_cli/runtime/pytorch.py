@@ -1,4 +1,10 @@
-"""The PyTorch sampling backend: the reference path (the MONAI networks, ``torch.compile`` on CUDA when asked)."""
+"""The PyTorch sampling backend: the reference path (the MONAI networks, ``torch.compile`` on CUDA when asked).
+
+Precisions: fp32; fp16 (``.half()`` networks, as the fp16 ONNX graphs are exported); bf16 (autocast: weights
+stay fp32, convolutions and matmuls run in bf16, GroupNorm and the sampler's arithmetic in fp32). On CPUs with
+AMX/AVX512-BF16 bf16 autocast gave bit-identical outputs for every batch size and thread count (oneDNN's bf16
+kernels do not split a volume's reductions differently by batch), which fp32 kernels do not (see docs/sampling.md).
+"""
 
 from __future__ import annotations
 
@@ -22,18 +28,26 @@ class TorchBackend:
         if request.kind == "cuda" and not cuda:
             raise DeviceError("--device cuda: PyTorch sees no CUDA GPU (CPU-only build or no driver); use --device cpu")
         self.torch_device = torch.device("cuda", request.cuda_index) if cuda and request.wants_cuda else torch.device("cpu")
+        self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.autocast = precision == "bf16"
         self.denoiser = DenoiserForExport(unet).to(self.torch_device, self.dtype).eval()
         self.decoder = DecoderForExport(autoencoder, *latent_norm).to(self.torch_device, self.dtype).eval()
         if compile and self.torch_device.type == "cuda":
             self.denoiser = torch.compile(self.denoiser)
         self.provider = f"torch-{self.torch_device.type}" + ("-compile" if compile and cuda else "")
         self.device_label = str(self.torch_device)
+        self.precision_label = "bf16 autocast" if self.autocast else precision
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.torch_device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     @torch.inference_mode()
     def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(latent.to(self.dtype), timestep.float(), class_id.long()).float()
+        with self._autocast():
+            return self.denoiser(latent.to(self.dtype), timestep.float(), class_id.long()).float()
 
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor, volume_shape: tuple[int, ...]) -> torch.Tensor:
-        return self.decoder(latent.to(self.dtype)).float()
+        with self._autocast():
+            return self.decoder(latent.to(self.dtype)).float()

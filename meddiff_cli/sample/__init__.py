@@ -4,6 +4,7 @@ from meddiff_cli.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "options": ["SampleOptions", "SampleProgress", "SampleResult"],
-    "pipeline": ["make_backend", "sample_volumes"],
+    "backends": ["make_backend", "resolve_runtime"],
+    "pipeline": ["sample_volumes"],
     "seeds": ["initial_noise", "parse_shard", "volume_seed"],
 })

@@ -140,6 +140,11 @@ def save_manifest(out: Path, manifest: dict[str, Any], run: dict[str, Any], card
         "batch_size_reductions": result.batch_reductions or manifest.get("batch_size_reductions", []),
         "device": result.device or manifest.get("device", ""),
         "provider": result.provider or manifest.get("provider", ""),
+        # What ran last (file entries say their device, provider and batch size): precision incl. bf16 autocast,
+        # CPU threads, and why --backend/--precision/--threads auto chose them.
+        "runtime": {"backend": result.backend, "precision": result.precision, "provider": result.provider,
+                    "device": result.device, "threads": result.threads, "batch_size": result.batch_size,
+                    "choice": result.choice} if result.provider else manifest.get("runtime", {}),
         "seed_rule": "volume i: torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed_i)) on CPU, "
                      "seed_i = 63-bit numpy SeedSequence([seed, i]) (see docs/formats.md)",
         "volume": {

@@ -50,7 +50,7 @@ def estimate_volume_memory(card: ModelCard, precision: str) -> int:
         denoiser: per level latent voxels x channels x ACTIVATION_FACTOR + attention matrices tokens^2 x heads)
     + the decoded volume twice (device output + host copy, float32). Weights are counted once, separately.
     """
-    element = 2 if precision == "fp16" else 4
+    element = 2 if precision in ("fp16", "bf16") else 4  # bf16 autocast keeps activations in bf16
     voxels = math.prod(int(s) for s in card.volume["shape"])
     latent_voxels = math.prod(int(s) for s in card.latent["shape"])
     decoder = voxels * int(card.autoencoder["channels"][0]) * ACTIVATION_FACTOR * element
@@ -73,7 +73,7 @@ def batch_size_for_memory(card: ModelCard, options: SampleOptions, pending: int,
     if options.max_memory_gb is None:
         return requested
     limit = options.max_memory_gb * 1024**3
-    element = 2 if options.precision == "fp16" else 4
+    element = 2 if options.precision == "fp16" else 4  # bf16 autocast keeps fp32 weights
     weights = sum(math.prod(int(s) for s in shape) for shape in _weight_shapes(card)) * element
     per_volume = estimate_volume_memory(card, options.precision)
     fits = int((limit - weights) // per_volume)

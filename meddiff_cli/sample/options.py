@@ -8,12 +8,13 @@ from typing import Any
 
 from meddiff_cli.devices import parse_device
 from meddiff_cli.errors import UsageError
-from meddiff_cli.export.options import DEFAULT_PRECISION, PRECISIONS, check_precision
+from meddiff_cli.export.options import PRECISIONS as GRAPH_PRECISIONS
 from meddiff_cli.modality import MODALITIES
 from meddiff_cli.model.registry import DEFAULT_MODEL
 from meddiff_cli.model.scheduler import SAMPLERS, check_sampler
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("auto", "onnx", "torch")
+PRECISIONS = ("auto", *GRAPH_PRECISIONS, "bf16")  # bf16: PyTorch autocast (no bf16 ONNX graphs)
 FORMATS = ("nifti", "dicom", "npy")
 MAX_STEPS = 1000  # RFlowScheduler's num_train_timesteps: more inference steps than that are refused
 
@@ -33,11 +34,12 @@ class SampleOptions:
     steps: int | None = None
     sampler: str = "euler"
     seed: int = 0
-    batch_size: int = 4
+    batch_size: int = 4  # CPU bf16 and fp32: the fastest per volume of 1, 2, 4, 8 (docs/sampling.md)
     file_format: str = "nifti"
     device: str = "auto"
-    backend: str = "onnx"
-    precision: str = DEFAULT_PRECISION
+    backend: str = "auto"  # see meddiff_cli.runtime.choice for what auto picks
+    precision: str = "auto"
+    threads: int | None = None  # CPU threads; None: the cores other processes leave free
     shard: tuple[int, int] | None = None
     preview: bool = False
     overwrite: bool = False
@@ -58,6 +60,10 @@ class SampleResult:
     exported: bool = False
     batch_size: int = 0
     steps: int = 0
+    backend: str = ""
+    precision: str = ""  # what ran, e.g. "bf16 autocast"
+    threads: int = 0
+    choice: str = ""  # why auto chose it
     batch_reductions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +71,7 @@ class SampleResult:
         return {
             "out": str(self.out), "manifest": str(self.manifest), "generated": done, "skipped": len(self.skipped),
             "shard": f"{self.shard[0]}/{self.shard[1]}", "device": self.device, "provider": self.provider,
+            "backend": self.backend, "precision": self.precision, "threads": self.threads, "choice": self.choice,
             "exported_onnx": self.exported, "seconds": round(self.seconds, 3), "steps": self.steps,
             "batch_size": self.batch_size, "batch_size_reductions": self.batch_reductions,
             "volumes_per_s": round(done / self.seconds, 4) if self.seconds > 0 and done else None,
@@ -76,9 +83,10 @@ class SampleProgress:
     """Hooks for the CLI's progress bars (no-ops by default, so the library stays UI-free)."""
 
     def start(self, total: int, pending: int) -> None: ...
-    def ready(self, device: str, provider: str, exported: bool) -> None: ...
+    def ready(self, result: SampleResult) -> None: ...  # the backend is loaded: result says what runs
     def batch(self, size: int, steps: int) -> None: ...
     def step(self) -> None: ...
+    def batch_sampled(self, size: int) -> None: ...  # denoised and decoded; its files are being written
     def volume(self, entry: dict[str, Any]) -> None: ...
     def batch_reduced(self, old: int, new: int, reason: str) -> None: ...
 
@@ -110,6 +118,9 @@ def check_options(options: SampleOptions) -> None:
         raise UsageError(f"unknown --backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
     if options.modality not in MODALITIES:
         raise UsageError(f"unknown --modality {options.modality!r}; choose one of {', '.join(MODALITIES)}")
-    check_precision(options.precision)
+    if options.precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if options.threads is not None and options.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {options.threads}")
     check_format(options.file_format)
     parse_device(options.device)

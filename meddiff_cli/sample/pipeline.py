@@ -17,20 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from meddiff_cli.errors import ModelError, UsageError
-from meddiff_cli.export import ensure_onnx, onnx_files
+from meddiff_cli.devices import CpuClock, cpu_threads
+from meddiff_cli.errors import ModelError
 from meddiff_cli.fsutil import TMP_PREFIX, FolderLock, output_folder, remove_stale_temps
 from meddiff_cli.io.preview import PREVIEW_DIR, save_preview
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.registry import resolve_model
 from meddiff_cli.model.scheduler import build_scheduler, default_steps, sample_latents
-from meddiff_cli.model.store import load_model, read_verified
-from meddiff_cli.runtime import Backend, OnnxBackend, TorchBackend, cpu_threads
 from meddiff_cli.sample import manifest as manifests
+from meddiff_cli.sample.backends import make_backend, resolve_runtime
 from meddiff_cli.sample.memory import batch_size_for_memory, halve_batch, is_out_of_memory
 from meddiff_cli.sample.options import (
-    BACKENDS, SampleOptions, SampleProgress, SampleResult, check_options, output_name,
+    SampleOptions, SampleProgress, SampleResult, check_options, output_name,
 )
 from meddiff_cli.sample.seeds import initial_noise, shard_indices, torchrun_device, torchrun_shard, volume_seed
 from meddiff_cli.sample.writers import centred_ras_affine, output_sha256, to_physical, write_output
@@ -38,27 +37,14 @@ from meddiff_cli.sample.writers import centred_ras_affine, output_sha256, to_phy
 WRITER_THREADS = 4
 
 
-def make_backend(options: SampleOptions, folder: Path) -> tuple[Backend, bool, ModelCard]:
-    """The requested backend (and whether ONNX graphs were exported now, and the card as it is after that).
+def sample_volumes(options: SampleOptions, progress: SampleProgress | None = None,
+                   since: CpuClock | None = None) -> SampleResult:
+    """Generate volumes ``i`` (of ``count``) that belong to this shard and are not finished yet.
 
-    ONNX graphs are exported on first use and sha256-verified before loading.
+    ``since``: when the caller started; ``--threads`` auto counts the cores left free from then on (the CLI
+    passes its start, so the measurement spans its imports).
     """
-    if options.backend == "onnx":
-        exported = ensure_onnx(folder, options.precision)
-        card = ModelCard.load(folder)
-        # ORT parses the very bytes whose sha256 was checked: nothing reaches InferenceSession unverified.
-        graphs = [read_verified(folder / name, card.files.get(name)) for name in onnx_files(options.precision)]
-        return OnnxBackend(graphs[0], graphs[1], options.device, options.precision), exported, card
-    if options.backend == "torch":
-        card, autoencoder, unet = load_model(folder)
-        backend = TorchBackend(autoencoder, unet, latent_normalization(card), options.device,
-                               options.precision, compile=options.compile)
-        return backend, False, card
-    raise UsageError(f"unknown --backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def sample_volumes(options: SampleOptions, progress: SampleProgress | None = None) -> SampleResult:
-    """Generate volumes ``i`` (of ``count``) that belong to this shard and are not finished yet."""
+    since = since or CpuClock.now()
     progress = progress or SampleProgress()
     check_options(options)
     shard = options.shard or torchrun_shard() or (0, 1)
@@ -72,6 +58,7 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
         raise ModelError(f"model card has no intensity mapping for {options.modality!r}", folder)
     to_physical(np.zeros(1, dtype=np.float32), mapping)  # an unusable mapping fails now, not after denoising
     out = output_folder(options.out)
+    options, choice = resolve_runtime(options, card, folder, out)
 
     run = manifests.run_key(card, options)
     mine = shard_indices(options.count, shard)
@@ -79,7 +66,8 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     with manifest_lock:
         manifest = manifests.load_manifest(out, run, options.overwrite)
     done, pending = manifests.plan(out, manifest, mine, options)
-    result = SampleResult(out, out / manifests.MANIFEST_FILE, skipped=done, shard=shard, steps=options.steps)
+    result = SampleResult(out, out / manifests.MANIFEST_FILE, skipped=done, shard=shard, steps=options.steps,
+                          backend=options.backend, precision=options.precision, choice=choice.reason)
     progress.start(len(mine), len(pending))
     if not pending:
         with manifest_lock:
@@ -87,13 +75,16 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
         return result
 
     result.batch_size = batch_size_for_memory(card, options, len(pending), progress)
-    backend, result.exported, card = make_backend(options, folder)
-    result.device, result.provider = backend.device_label, backend.provider
-    progress.ready(result.device, result.provider, result.exported)
     scheduler = build_scheduler(card)
     latent_shape = (int(card.latent["channels"]), *(int(s) for s in card.latent["shape"]))
     volume_shape = tuple(int(s) for s in card.volume["shape"])
     affine = centred_ras_affine(volume_shape, card.spacing(options.modality))
+    loaded = make_backend(options, folder, since)
+    backend, card, result.exported = loaded.backend, loaded.card, loaded.exported
+    result.device, result.provider, result.precision = backend.device_label, backend.provider, backend.precision_label
+    result.threads = loaded.threads
+    result.choice = "; ".join(note for note in (result.choice, loaded.threads_note) if note)
+    progress.ready(result)
 
     staging = _staging_dir(out, shard)
     start = time.perf_counter()
@@ -118,17 +109,19 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
                     batch_size = halve_batch(len(indices), error, result, progress)
                     continue  # the same volumes again: their noise depends on the index only
                 first += len(indices)
+                progress.batch_sampled(len(indices))
                 _collect(in_flight, result, progress)
                 for position, index in enumerate(indices):
                     model_space = decoded[position, 0]
                     volume = Volume(to_physical(model_space, mapping), affine, options.modality,
                                     {"synthetic": True, "model": card.name})
                     in_flight.append(writers.submit(_write_one, out, staging, volume, model_space, index, options,
-                                                    card, manifest_lock, run, result))
+                                                    card, manifest_lock, run, result, len(indices)))
             _collect(in_flight, result, progress)
         result.seconds = time.perf_counter() - start
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        torch.set_num_threads(loaded.threads_before)  # make_backend set this process's thread count for the run
     with manifest_lock:
         manifests.save_manifest(out, manifests.load_manifest(out, run, True), run, card, options, result)
     return result
@@ -156,7 +149,8 @@ def _collect(in_flight: list[Future], result: SampleResult, progress: SampleProg
 
 
 def _write_one(out: Path, staging: Path, volume: Volume, model_space: np.ndarray, index: int, options: SampleOptions,
-               card: ModelCard, manifest_lock: FolderLock, run: dict[str, Any], result: SampleResult) -> dict[str, Any]:
+               card: ModelCard, manifest_lock: FolderLock, run: dict[str, Any], result: SampleResult,
+               batch_size: int) -> dict[str, Any]:
     """Stage under a temp name, record its sha256 in the manifest, then rename into place.
 
     A crash after the manifest update leaves a listed-but-missing file (regenerated on resume); a crash
@@ -168,7 +162,8 @@ def _write_one(out: Path, staging: Path, volume: Volume, model_space: np.ndarray
     try:
         write_output(volume, staged, options.file_format, card.name, index)
         entry = {"file": name, "index": index, "seed": volume_seed(options.seed, index),
-                 "sha256": output_sha256(staged), "device": result.device, "provider": result.provider}
+                 "sha256": output_sha256(staged), "device": result.device, "provider": result.provider,
+                 "batch_size": batch_size, "threads": result.threads}
         with manifest_lock:
             manifests.record(out, entry, run, card, options, result)
         if final.is_dir():

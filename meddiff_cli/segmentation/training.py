@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from monai.losses import DiceCELoss
 
+from meddiff_cli.devices import inference_autocast
 from meddiff_cli.segmentation.network import SegmentationNet
 
 ProgressCallback = Callable[[str], None]
@@ -212,7 +213,7 @@ def predict(net: SegmentationNet, images: torch.Tensor, device: torch.device, ba
     outputs = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].unsqueeze(1).to(device)
-        with _autocast(device):
+        with inference_autocast(device):  # bf16 also on CPUs with AMX/AVX512-BF16, as sampling does
             logits = net(x)
         outputs.append(logits.float().argmax(dim=1).cpu())
     return torch.cat(outputs)
