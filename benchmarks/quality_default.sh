@@ -11,7 +11,7 @@
 # the anatomy check (bone on the posterior midline where real phantoms have their spine), the montage
 # (docs/default_model_samples.png) and the curve over training snapshots ($OUT/snapshots, if the
 # training run kept them; CURVE_N samples per modality each). REFERENCE=MODEL adds an earlier model's row;
-# CURVE_ONLY=1 stops after the curve (useful while the final model is still training).
+# Each part is skipped when an earlier run of this script finished it (delete $OUT/quality to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,24 +37,22 @@ evaluate_model() {  # MODEL LABEL COUNT EXTRA...: sample COUNT volumes per modal
   for modality in ct mri; do
     local synth="$Q/$label/synth_$modality" train=()
     [ -f "$OUT/prep_$modality/manifest.json" ] && train=(--train "$OUT/prep_$modality")  # memorization check
-    rm -rf "$synth"   # this script's own output from an earlier run
+    rm -rf "$synth"   # this script's own output from an earlier, unfinished run
     meddiff sample --model "$model" --modality "$modality" --count "$count" --seed 1 --out "$synth" -q
     meddiff evaluate "$OUT/heldout_prep_$modality" "$synth" --size "$SIZE" --spacing "$(spacing_of "$modality")" \
       --json -q "${train[@]}" "$@" > "$Q/$label/evaluate_$modality.json"
   done
 }
 
+run_once() {  # MODEL LABEL COUNT EXTRA...: evaluate_model unless an earlier run of this script finished it
+  local label=$2
+  [ -s "$Q/$label/evaluate_mri.json" ] && return 0
+  mkdir -p "$Q/$label" && evaluate_model "$@"
+}
+run_once "$MODEL" final "$N"
 # REFERENCE (optional): an earlier model evaluated the same way, e.g. the previous bundled default.
-if [ -n "${REFERENCE:-}" ] && [ ! -f "$Q/reference/evaluate_mri.json" ]; then
-  mkdir -p "$Q/reference" && evaluate_model "$REFERENCE" reference "$N"
-fi
+[ -n "${REFERENCE:-}" ] && run_once "$REFERENCE" reference "$N" --no-anatomy
 for snapshot in "$OUT"/snapshots/diffusion_*; do   # the curve: fewer samples, no anatomy model, no bootstrap
-  [ -d "$snapshot" ] || continue
-  label="curve/$(basename "$snapshot")"
-  mkdir -p "$Q/$label"
-  [ -f "$Q/$label/evaluate_mri.json" ] || evaluate_model "$snapshot" "$label" "$CURVE_N" --bootstrap 0 --no-anatomy
+  [ -d "$snapshot" ] && run_once "$snapshot" "curve/$(basename "$snapshot")" "$CURVE_N" --bootstrap 0 --no-anatomy
 done
-[ -n "${CURVE_ONLY:-}" ] && exit 0
-mkdir -p "$Q/final"
-evaluate_model "$MODEL" final "$N"
 python benchmarks/quality_report.py "$OUT" "$MODEL"

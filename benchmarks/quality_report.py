@@ -163,8 +163,10 @@ def main() -> None:
                "synthetic_with_spine_in_half_the_levels": int(sum(spine_fraction(v, box) >= 0.5 for v in synth_ct)),
                "synthetic_count": len(synth_ct), "bone_hu": BONE_HU}
     curve = _curve(quality)
+    reference = {m: _row(json.loads((quality / "reference" / f"evaluate_{m}.json").read_text()), m)
+                 for m in ("ct", "mri") if (quality / "reference" / f"evaluate_{m}.json").is_file()}
     result = {"model": card.name, "training": {k: card.training.get(k) for k in ("steps", "duration_s", "decoder_finetune")},
-              "table": table, "anatomy_ct": anatomy, "curve": curve}
+              "table": table, "reference": reference, "anatomy_ct": anatomy, "curve": curve}
     (quality / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
 
     ct, mri = table["ct"], table["mri"]
@@ -182,6 +184,13 @@ def main() -> None:
         f"| CT: axial levels with spine bone (≥ {BONE_HU:.0f} HU), synthetic / real | "
         f"{anatomy['spine_bone_fraction_synthetic']:.2f} / {anatomy['spine_bone_fraction_real']:.2f} | |",
     ]
+    if len(reference) == 2:
+        old_ct, old_mri = reference["ct"], reference["mri"]
+        lines += ["", "| reference model (same benchmark) | CT | MRI |", "|---|---|---|",
+                  f"| Fréchet distance ratio | {old_ct['fd'] / old_ct['fd_baseline']:.1f}× | {old_mri['fd'] / old_mri['fd_baseline']:.1f}× |",
+                  f"| precision / recall | {old_ct['precision']:.2f} / {old_ct['recall']:.2f} | {old_mri['precision']:.2f} / {old_mri['recall']:.2f} |",
+                  f"| MS-SSIM within synthetic | {old_ct['ms_ssim_synthetic']:.3f} | {old_mri['ms_ssim_synthetic']:.3f} |",
+                  f"| intensity Wasserstein-1 | {old_ct['w1']:.1f} {old_ct['w1_unit']} | {old_mri['w1']:.3f} |"]
     if curve:
         lines += ["", "| denoiser step | training hours | CT FD ratio | MRI FD ratio |", "|---|---|---|---|"]
         lines += [f"| {p['step']} | {p['training_hours']:.2f} | {p['ct']:.1f}× | {p['mri']:.1f}× |" for p in curve]
