@@ -80,4 +80,4 @@ def test_bundled_model_samples_read_far_on_the_models_own_grid(tmp_path):
     assert summary["warnings"] == [] and grid["crop"]["real"]["max_fraction"] == 0.0
     verdict = summary["verdict"]
     assert verdict["overall"] == "far" and verdict["line"].startswith("far from real: ")
-    assert verdict["metrics"]["frechet_distance"]["ratio"] > 5.0, verdict["line"]
+    assert verdict["metrics"]["frechet_distance"]["ratio"] > 1.5, verdict["line"]  # far from real-vs-real
