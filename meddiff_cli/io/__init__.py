@@ -5,7 +5,8 @@ Public entry points used by the other stages:
 * :func:`read_volume` -- one NIfTI/NRRD/MHA/MHD file, one DICOM file, or a folder with one DICOM series.
 * :func:`discover_cases` / :func:`read_case` -- expand many inputs (files and folders, mixed formats)
   into cases with stable, non-identifying ids, then read them one at a time (e.g. in workers).
-* Writers: :func:`write_nifti`, :func:`write_dicom_series`, :func:`write_itk` (all atomic).
+* Writers: :func:`write_nifti`, :func:`write_dicom_series`, :func:`write_itk` (all atomic), and
+  :func:`write_dicom_seg` for a label map beside a synthetic DICOM series.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from meddiff_cli.errors import BadInputError, InputNotFoundError
 from meddiff_cli.io.dicom import (
     DICOM_SUFFIXES, not_dicom_detail, other_format, read_dicom, scan_dicom_files, skipped_notes, sniff_dicom,
-    write_dicom_series,
+    write_dicom_seg, write_dicom_series,
 )
 from meddiff_cli.io.itk import ITK_SUFFIXES, read_itk, read_with_simpleitk, write_itk
 from meddiff_cli.io.limits import MAX_VOXELS_ENV
@@ -38,6 +39,7 @@ __all__ = [
     "read_itk",
     "write_itk",
     "write_dicom_series",
+    "write_dicom_seg",
     "read_with_simpleitk",
     "volume_format",
 ]

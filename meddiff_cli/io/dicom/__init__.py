@@ -10,7 +10,8 @@ slice normal (row direction x column direction), and an affine converted to RAS+
 Modules, in the order a file goes through them: :mod:`.scan` (find, parse, group into series, set
 localizers aside) using :mod:`.frames` (one file -> 2D frames; :mod:`.mosaic` and :mod:`.csa` for
 Siemens mosaics), then :mod:`.read` (decode; GDCM only in a child process, :mod:`.isolated`) with :mod:`.volumes`
-(pick one volume of a 4D series) and :mod:`.stack` (sort and check the slice stack). :mod:`.writer` writes series. What is read and
+(pick one volume of a 4D series) and :mod:`.stack` (sort and check the slice stack). :mod:`.writer` writes series,
+:mod:`.seg` a label map as a DICOM SEG beside one (highdicom, imported only when it writes). What is read and
 what is refused is tabulated in docs/formats.md ("DICOM").
 """
 
@@ -27,6 +28,7 @@ from meddiff_cli.io.dicom.scan import (
     skipped_notes,
     sniff_dicom,
 )
+from meddiff_cli.io.dicom.seg import write_dicom_seg
 from meddiff_cli.io.dicom.writer import write_dicom_series
 
 __all__ = [
@@ -42,5 +44,6 @@ __all__ = [
     "series_case_id",
     "skipped_notes",
     "sniff_dicom",
+    "write_dicom_seg",
     "write_dicom_series",
 ]
