@@ -213,3 +213,49 @@ def test_corruption_and_augmentation_are_seeded_and_keep_labels_aligned():
         order_image = torch.argsort(out_images[b_index, 0].flatten())
         order_label = torch.argsort(out_labels[b_index].flatten().float())
         assert torch.equal(order_image, order_label)
+
+
+# ------------------------------------------------------------------------------ arms D and E (--pairs)
+
+
+def test_arm_e_is_paired_with_a_at_every_k_of_its_seed():
+    from meddiff_cli.segmentation.experiment import paired_tests, summarise
+
+    dice = {("A", 2, 0): 0.5, ("A", 4, 0): 0.6, ("A", 2, 1): 0.55, ("A", 4, 1): 0.7,
+            ("D", 2, 0): 0.6, ("D", 4, 0): 0.65, ("D", 2, 1): 0.5, ("D", 4, 1): 0.75,
+            ("E", 0, 0): 0.4, ("E", 0, 1): 0.8}
+    runs = [{"arm": arm, "k": k, "seed": seed, "mean_dice": value, "mean_hd95_mm": 1.0, "dice": {"x": value},
+             "hd95_mm": {"x": 1.0}} for (arm, k, seed), value in dice.items()]
+    tests = {(t["comparison"], t["k"]): t for t in paired_tests(runs, ["A", "D", "E"], (2, 4))}
+    assert tests[("E - A", 2)]["n"] == 2
+    assert tests[("E - A", 2)]["mean_difference"] == pytest.approx(((0.4 - 0.5) + (0.8 - 0.55)) / 2)
+    assert tests[("E - A", 4)]["mean_difference"] == pytest.approx(((0.4 - 0.6) + (0.8 - 0.7)) / 2)
+    assert tests[("E - A", "all")]["n"] == 4 and tests[("D - A", "all")]["n"] == 4
+    assert tests[("D - A", 4)]["mean_difference"] == pytest.approx(((0.65 - 0.6) + (0.75 - 0.7)) / 2)
+    summary = summarise(runs, ["A", "D", "E"], (2, 4), ["x"])
+    assert set(summary["E"]) == {"0"} and summary["E"]["0"]["mean_dice"]["mean"] == pytest.approx(0.6)
+    assert set(summary["D"]) == {"2", "4"}
+
+
+def test_generated_pairs_in_the_sample_layout_and_the_corpus_layout(tmp_path):
+    from meddiff_cli.io import Volume, write_nifti
+    from meddiff_cli.segmentation.data import generated_pairs
+
+    volume = Volume(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    sample = tmp_path / "sample"
+    for name in ("ct_0000", "ct_0001"):  # images at the top, label maps with the same names in labels/
+        write_nifti(volume, sample / f"{name}.nii.gz", dtype="int16")
+        write_nifti(volume, sample / "labels" / f"{name}.nii.gz", dtype="uint8")
+    (sample / "manifest.json").write_text(json.dumps({"labels": {"lungs": 1}}))
+    (sample / "previews").mkdir()
+    pairs = generated_pairs(sample)
+    assert [(p.case_id, p.image.path.parent.name, p.label.path.parent.name) for p in pairs] == [
+        ("ct_0000", "sample", "labels"), ("ct_0001", "sample", "labels")]
+    corpus = tmp_path / "corpus"
+    for name in ("a", "b"):
+        write_nifti(volume, corpus / "images" / f"{name}.nii.gz", dtype="int16")
+        write_nifti(volume, corpus / "labels" / f"{name}.nii.gz", dtype="uint8")
+    assert [p.case_id for p in generated_pairs(corpus)] == ["a", "b"]
+    (sample / "labels" / "ct_0001.nii.gz").unlink()
+    with pytest.raises(BadInputError, match="no label map"):
+        generated_pairs(sample)

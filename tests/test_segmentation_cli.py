@@ -141,3 +141,80 @@ def test_usage_errors(corpora, tmp_path, run_meddiff, change, message):
     code, _, stderr = run_meddiff(*args, *change)
     assert code == (7 if message == "--device" else 2), stderr
     assert message in unwrapped(stderr) and not (tmp_path / "exp").exists()
+
+
+# ------------------------------------------------------------------------- --pairs: arms D and E
+
+
+def write_pairs(source: Path, folder: Path) -> Path:
+    """The layout ``meddiff sample --with-labels`` writes: images at the top, ``labels/`` with the same names."""
+    (folder / "labels").mkdir(parents=True)
+    for index, image in enumerate(sorted((source / "images").iterdir())):
+        name = f"ct_{index:04d}.nii.gz"
+        shutil.copy(image, folder / name)
+        shutil.copy(source / "labels" / image.name, folder / "labels" / name)
+    (folder / "manifest.json").write_text(json.dumps({"format": "meddiff-synthetic", "modality": "ct",
+                                                      "labels": LABELS["ct"]}))
+    return folder
+
+
+def test_pairs_add_arm_d_per_k_and_arm_e_once_per_seed(corpora, tmp_path, run_meddiff, monkeypatch):
+    from rich.console import Console
+
+    from meddiff_cli.cli.augment_seg import paired_lines, results_table
+    from meddiff_cli.segmentation import arms
+
+    pairs = write_pairs(corpora["synthetic"], tmp_path / "pairs")
+    calls: dict[str, tuple[int, int | None]] = {}
+    train = arms.train_segmentation
+
+    def recording(net, images, labels, *args, **kwargs):
+        extra = kwargs.get("extra_images")
+        calls[kwargs["label"]] = (images.shape[0], None if extra is None else extra.shape[0])
+        return train(net, images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(arms, "train_segmentation", recording)
+    args = base_args(corpora, tmp_path / "exp")
+    args[args.index("--seeds") + 1], args[args.index("--n-labelled") + 1] = "2", "1,2"
+    code, stdout, stderr = run_meddiff(*args, "--pairs", pairs, "--json")
+    assert code == 0, stderr
+    results = json.loads(stdout)
+    assert results["data"]["n_pairs"] == 3 and results["settings"]["pairs"] is True
+    assert sorted((r["arm"], r["k"], r["seed"]) for r in results["runs"]) == sorted(
+        [(arm, k, seed) for arm in "ABD" for k in (1, 2) for seed in (0, 1)] + [("E", 0, 0), ("E", 0, 1)])
+    assert all(r["train_case_indices"] == [] for r in results["runs"] if r["arm"] == "E")
+    assert set(results["summary"]["E"]) == {"0"} and set(results["summary"]["D"]) == {"1", "2"}
+
+    # D trains on the K real volumes + the 3 pairs, E on the 3 pairs alone; A and B never see them.
+    assert calls["seed 1 K=2 arm D"] == (2, 3) and calls["seed 0 K=1 arm D"] == (1, 3)
+    assert calls["seed 0 arm E (generated only)"] == calls["seed 1 arm E (generated only)"] == (3, None)
+    assert calls["seed 0 K=2 arm A"] == calls["seed 0 K=2 arm B"] == (2, None)
+
+    tests = {(t["comparison"], t["k"]): t for t in results["paired"]}
+    assert {"D - A", "E - A"} <= {comparison for comparison, _ in tests}
+    assert tests[("D - A", "all")]["n"] == tests[("E - A", "all")]["n"] == 4 and tests[("E - A", 2)]["n"] == 2
+    dice = {(r["arm"], r["k"], r["seed"]): r["mean_dice"] for r in results["runs"]}
+    assert tests[("E - A", 2)]["mean_difference"] == pytest.approx(  # A(K, seed) is paired with E(seed)
+        np.mean([dice[("E", 0, s)] - dice[("A", 2, s)] for s in (0, 1)]))
+    assert any("k = 0" in note and "E - A" in note for note in results["notes"])
+
+    console = Console(width=200, record=True)
+    console.print(results_table(results))
+    rows = [line for line in console.export_text().splitlines() if "│" in line and "Dice" not in line]
+    assert "E (generated only)" in rows[0] and rows[0].split("│")[1].strip() == "0" and len(rows) == 1 + 3 * 2
+    assert any(line.startswith("E - A (K=2, n=2)") for line in paired_lines(results))
+
+
+def test_pairs_folder_errors(corpora, tmp_path, run_meddiff):
+    images_only = tmp_path / "images_only"
+    images_only.mkdir()
+    shutil.copy(next((corpora["synthetic"] / "images").iterdir()), images_only / "ct_0000.nii.gz")
+    dicom_seg = write_pairs(corpora["synthetic"], tmp_path / "dicom_seg")
+    (dicom_seg / "labels" / "ct_0000.dcm").write_bytes(b"\0" * 132)
+    unpaired = write_pairs(corpora["synthetic"], tmp_path / "unpaired")
+    (unpaired / "ct_0001.nii.gz").unlink()
+    for folder, code, message in [(images_only, 2, "--pairs needs label maps"), (dicom_seg, 2, "DICOM-SEG"),
+                                  (unpaired, 4, "label map has no image")]:
+        out = tmp_path / f"exp_{folder.name}"
+        result, _, stderr = run_meddiff(*base_args(corpora, out), "--pairs", folder)
+        assert result == code and message in unwrapped(stderr) and not out.exists(), stderr

@@ -12,18 +12,28 @@ from rich.table import Table
 from meddiff_cli.cli.common import VERBOSE_OPTION, choice, complete_device, default, info, print_json, show_settings
 from meddiff_cli.errors import UsageError
 from meddiff_cli.modality import ALIASES, AUTO, MODALITIES
-from meddiff_cli.segmentation.options import PLOT_NAME, PRETRAIN_METHODS, RESULTS_NAME, ExperimentSettings
+from meddiff_cli.segmentation.options import (
+    GENERATED_ONLY_K,
+    PLOT_NAME,
+    PRETRAIN_METHODS,
+    RESULTS_NAME,
+    ExperimentSettings,
+    arm_ks,
+)
 
 HELP = (
     "Does synthetic data help segmentation when labels are scarce? Trains a MONAI 3D UNet on K labelled "
     "volumes from scratch (arm A) and after self-supervised pre-training on synthetic volumes (arm B; "
-    "optionally C: real + labelled synthetic), for each K and seed, and compares test Dice/HD95."
+    "optionally C: real + labelled synthetic; with --pairs, D: real + generated image+label pairs and "
+    "E: generated pairs only, once per seed), for each K and seed, and compares test Dice/HD95."
 )
 EPILOG = (
     "Example: meddiff augment-seg --images ct/images --labels ct/labels --synthetic synth/ "
     "--n-labelled 2,4,8 --seeds 3 --out seg-exp/  "
     f"(writes seg-exp/{RESULTS_NAME}, seg-exp/{PLOT_NAME} and seg-exp/models/*.safetensors; "
-    "an epoch is --steps-per-epoch batches, whatever K is; see docs/augment-seg.md)."
+    "an epoch is --steps-per-epoch batches, whatever K is). "
+    "Add --pairs pairs/ (from meddiff sample --with-labels) for arms D and E; arm E uses no real label, "
+    f"so it is reported as K = {GENERATED_ONLY_K} and compared with A at every K. See docs/augment-seg.md."
 )
 
 
@@ -49,18 +59,23 @@ def _cell(entry: dict[str, Any], digits: int = 3) -> str:
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """One row per (K, arm): class-averaged and per-class test Dice, mean HD95; mean ± std over seeds."""
+    """One row per (K, arm): class-averaged and per-class test Dice, mean HD95; mean ± std over seeds.
+
+    Arm E (generated pairs only) has no K: its row comes first, as K = 0.
+    """
     class_names = [c["name"] for c in results["data"]["classes"]]
     seeds = results["settings"]["seeds"]
     table = Table(title=f"augment-seg: test Dice (mean ± std over {seeds} seed(s); "
                         f"{results['data']['n_test']} test volumes)")
     for column in ["K", "arm", "mean Dice", *class_names, "HD95 mm"]:
         table.add_column(column, justify="right" if column != "arm" else "left")
-    for k in results["settings"]["n_labelled"]:
-        for arm, by_k in results["summary"].items():
-            entry = by_k[str(k)]
-            table.add_row(str(k), arm, _cell(entry["mean_dice"]), *(_cell(entry["dice"][c]) for c in class_names),
-                          _cell(entry["mean_hd95_mm"], 1))
+    ks = tuple(results["settings"]["n_labelled"])
+    rows = sorted((k, arm) for arm in results["summary"] for k in arm_ks(arm, ks))
+    for k, arm in rows:
+        entry = results["summary"][arm][str(k)]
+        arm_name = f"{arm} (generated only)" if arm == "E" else arm
+        table.add_row(str(k), arm_name, _cell(entry["mean_dice"]), *(_cell(entry["dice"][c]) for c in class_names),
+                      _cell(entry["mean_hd95_mm"], 1))
     return table
 
 
@@ -107,6 +122,11 @@ def augment_seg_command(
                                help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA)."),
     out: Path = typer.Option(Path("augment-seg"), "--out", "-o", help="Output folder: results.json, dice_vs_k.png, models/."),
     arm_c: bool = typer.Option(_default("arm_c"), "--arm-c", help="Also train arm C: real + labelled synthetic volumes (needs SYNTHETIC/labels)."),
+    pairs: Path | None = typer.Option(
+        _default("pairs"), "--pairs", help="Generated image+label pairs (meddiff sample --with-labels: images at the "
+        "top, labels/ beside them; or images/ + labels/): adds arms D (real + pairs) and E (pairs only, "
+        f"K = {GENERATED_ONLY_K})."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages on stderr."),
     verbose: bool = VERBOSE_OPTION,
@@ -119,7 +139,7 @@ def augment_seg_command(
         test_fraction=test_fraction, n_labelled=_int_list(n_labelled, "--n-labelled"), seeds=seeds,
         pretrain=pretrain, epochs=epochs, pretrain_epochs=pretrain_epochs, steps_per_epoch=steps_per_epoch,
         batch_size=batch_size, learning_rate=lr, size=size, spacing=spacing,
-        modality=modality, device=device, arm_c=arm_c,
+        modality=modality, device=device, arm_c=arm_c, pairs=pairs,
     )
     results = run_experiment(settings, out, progress=lambda message: info(message, quiet))
     if json_output:

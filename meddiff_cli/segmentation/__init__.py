@@ -5,7 +5,8 @@
 * :mod:`~meddiff_cli.segmentation.network` -- the MONAI UNet + head shared by all arms, safetensors storage;
 * :mod:`~meddiff_cli.segmentation.training` -- self-supervised restoration pre-training and supervised training;
 * :mod:`~meddiff_cli.segmentation.metrics` -- per-class Dice/HD95 (MONAI) and paired statistics;
-* :mod:`~meddiff_cli.segmentation.experiment` -- the arms, (K, seed) loop, results.json and the plot.
+* :mod:`~meddiff_cli.segmentation.arms` -- the arms A-E, and training, scoring and saving one model;
+* :mod:`~meddiff_cli.segmentation.experiment` -- the (K, seed) loop, paired tests, results.json and the plot.
 """
 
 from meddiff_cli.lazy import lazy_exports

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError, UsageError
-from meddiff_cli.io import CaseSource, discover_cases, read_case
+from meddiff_cli.io import CaseSource, discover_cases, read_case, volume_format
 from meddiff_cli.preprocess.transform import PreprocessSettings, harmonise_label, harmonise_volume
 
 TEST_SPLIT_SEED = 0
@@ -84,7 +84,11 @@ def pair_cases(images_dir: Path, labels_dir: Path | None) -> list[CasePair]:
     images = list_volumes(images_dir)
     if labels_dir is None:
         return [CasePair(case_id, case, None) for case_id, case in sorted(images.items())]
-    labels = list_volumes(labels_dir)
+    return _paired(images, images_dir, list_volumes(labels_dir), labels_dir)
+
+
+def _paired(images: dict[str, CaseSource], images_dir: Path,
+            labels: dict[str, CaseSource], labels_dir: Path) -> list[CasePair]:
     for case_id, case in sorted(images.items()):
         if case_id not in labels:
             raise BadInputError(f"image has no label map with the same case id in {labels_dir}", case.path)
@@ -92,6 +96,32 @@ def pair_cases(images_dir: Path, labels_dir: Path | None) -> list[CasePair]:
         if case_id not in images:
             raise BadInputError(f"label map has no image with the same case id in {images_dir}", case.path)
     return [CasePair(case_id, images[case_id], labels[case_id]) for case_id in sorted(images)]
+
+
+def generated_pairs(folder: Path) -> list[CasePair]:
+    """Generated image + label pairs: ``meddiff sample --with-labels`` output or an ``images/`` + ``labels/`` corpus.
+
+    The sample layout keeps its images at the folder root beside ``labels/`` (same file names), so only
+    the root's volume files are images: a recursive search would meet every label map as a second image.
+    """
+    if not folder.is_dir():
+        raise InputNotFoundError("folder not found", folder)
+    images_dir, labels_dir = split_folder(folder)
+    if images_dir != folder:  # the corpus layout
+        if labels_dir is None:
+            raise UsageError(f"--pairs needs label maps in {folder / 'labels'}")
+        return pair_cases(images_dir, labels_dir)
+    labels_dir = folder / "labels"
+    if not labels_dir.is_dir():
+        raise UsageError(f"--pairs needs label maps in {labels_dir} (meddiff sample --with-labels writes them there)")
+    if any(labels_dir.glob("*.dcm")):
+        raise UsageError(f"--pairs reads label maps as volume files; {labels_dir} holds DICOM-SEG "
+                         "(meddiff sample --format dicom): sample the pairs with --format nifti")
+    image_files = sorted(path for path in folder.iterdir() if path.is_file() and volume_format(path))
+    if not image_files:
+        raise InputNotFoundError("no image volumes (NIfTI, NRRD, MHA, MHD) beside labels/", folder)
+    images = {case.case_id: case for case in discover_cases(image_files)}
+    return _paired(images, folder, list_volumes(labels_dir), labels_dir)
 
 
 def split_folder(folder: Path) -> tuple[Path, Path | None]:

@@ -11,6 +11,15 @@ from meddiff_cli.errors import ModelError, UsageError
 RESULTS_NAME = "results.json"
 PLOT_NAME = "dice_vs_k.png"
 PRETRAIN_METHODS = ("ssl",)
+GENERATED_ONLY_K = 0
+"""The k recorded for arm E: it trains on generated pairs only, so it has no K and runs once per seed."""
+ARM_TITLES = {"A": "A baseline", "B": "B synthetic SSL pre-training", "C": "C real + synthetic labels",
+              "D": "D real + generated pairs", "E": f"E generated pairs only (K = {GENERATED_ONLY_K})"}
+
+
+def arm_ks(arm: str, n_labelled: tuple[int, ...]) -> tuple[int, ...]:
+    """The k values an arm is run and summarised at: every K, except arm E's single k = 0."""
+    return (GENERATED_ONLY_K,) if arm == "E" else n_labelled
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,13 @@ class ExperimentSettings:
     modality: str = "auto"
     device: str = "auto"
     arm_c: bool = False
+    pairs: Path | None = None
+    """Generated image + label pairs (``meddiff sample --with-labels``): adds arms D and E."""
     network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    @property
+    def arms(self) -> list[str]:
+        return ["A", "B", *(["C"] if self.arm_c else []), *(["D", "E"] if self.pairs is not None else [])]
 
     def validate(self) -> None:
         if (self.test_images is None) != (self.test_labels is None):
@@ -88,7 +103,8 @@ class ExperimentSettings:
 
     def to_json(self) -> dict[str, Any]:
         """Everything that shapes the numbers; folder paths are left out (they may name patients)."""
-        skip = {"images", "labels", "synthetic", "test_images", "test_labels", "network"}
+        skip = {"images", "labels", "synthetic", "test_images", "test_labels", "pairs", "network"}
         data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in skip}
+        data["pairs"] = self.pairs is not None
         data["test_split"] = "folders" if self.test_images is not None else f"fraction {self.test_fraction}"
         return data

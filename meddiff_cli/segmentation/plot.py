@@ -7,14 +7,18 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from meddiff_cli.fsutil import atomic_path
+from meddiff_cli.segmentation.options import ARM_TITLES
 
-ARM_COLOURS = {"A": (31, 119, 180), "B": (214, 39, 40), "C": (44, 160, 44)}
-ARM_TITLES = {"A": "A baseline", "B": "B synthetic SSL pre-training", "C": "C real + synthetic labels"}
+ARM_COLOURS = {"A": (31, 119, 180), "B": (214, 39, 40), "C": (44, 160, 44), "D": (148, 103, 189), "E": (255, 127, 14)}
+LEGEND_ROWS = 3
 
 
 def plot_dice_vs_k(series: dict[str, dict[int, tuple[float, float]]], path: Path, title: str,
                    width: int = 720, height: int = 480) -> Path:
-    """``series[arm][k] = (mean, std)``; K on the x axis at equal spacing (K values are usually powers of 2)."""
+    """``series[arm][k] = (mean, std)``; K on the x axis at equal spacing (K values are usually powers of 2).
+
+    Arm E (generated pairs only) is its single point at K = 0; the legend fills columns of three arms.
+    """
     font = ImageFont.load_default()
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
@@ -63,10 +67,10 @@ def plot_dice_vs_k(series: dict[str, dict[int, tuple[float, float]]], path: Path
                 draw.line([(x - 4, y_hi), (x + 4, y_hi)], fill=colour)
             draw.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=colour)
     for i, arm in enumerate(sorted(series)):
-        y = bottom + 50 + i * 14
+        x, y = left + (i // LEGEND_ROWS) * (right - left) // 2, bottom + 50 + (i % LEGEND_ROWS) * 14
         colour = ARM_COLOURS.get(arm, (90, 90, 90))
-        draw.line([(left, y + 6), (left + 24, y + 6)], fill=colour, width=3)
-        draw.text((left + 30, y), ARM_TITLES.get(arm, arm), fill="black", font=font)
+        draw.line([(x, y + 6), (x + 24, y + 6)], fill=colour, width=3)
+        draw.text((x + 30, y), ARM_TITLES.get(arm, arm), fill="black", font=font)
     with atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
     return path

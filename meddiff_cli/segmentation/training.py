@@ -172,9 +172,9 @@ def train_segmentation(
 ) -> list[float]:
     """Supervised training with Dice + cross-entropy on images [K, X, Y, Z] and class-index labels [K, X, Y, Z].
 
-    With ``extra_*`` (arm C: labelled synthetic volumes) each batch item comes from the real K
-    volumes or the extra pool with equal probability, so the real volumes keep half the weight
-    however many synthetic volumes there are. Returns the mean loss of each epoch.
+    With ``extra_*`` (arm C: labelled synthetic volumes; arm D: generated image + label pairs) each
+    batch item comes from the real K volumes or the extra pool with equal probability, so the real
+    volumes keep half the weight however many extra volumes there are. Returns the mean loss of each epoch.
     """
     generator = torch.Generator().manual_seed(seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
