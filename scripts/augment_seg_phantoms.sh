@@ -8,6 +8,7 @@
 #
 # Usage: scripts/augment_seg_phantoms.sh [WORK_DIR]      (defaults below; override with environment variables)
 #   SIZE=32 EPOCHS=40 PRETRAIN_EPOCHS=40 SEEDS=3 N_LABELLED=2,4,8 DEVICE=auto ARM_C=0 scripts/augment_seg_phantoms.sh
+# PAIRS=DIR (a `meddiff sample --with-labels` folder) adds arms D (real + generated pairs) and E (pairs only).
 # Rerunning reuses the phantom corpora (meddiff phantom resumes) and replaces the experiment's outputs.
 set -euo pipefail
 
@@ -36,6 +37,7 @@ fi
 
 EXTRA=()
 [ "$ARM_C" = 1 ] && EXTRA=(--arm-c)
+[ -n "${PAIRS:-}" ] && EXTRA+=(--pairs "$PAIRS")
 # 25 % of the real phantoms (4 of 16) are the fixed test set; the other 12 are the labelled pool.
 meddiff augment-seg --images "$WORK/real/images" --labels "$WORK/real/labels" --synthetic "$SYNTHETIC" \
     --test-fraction 0.25 --n-labelled "$N_LABELLED" --seeds "$SEEDS" --size "$SIZE" \

@@ -2,8 +2,10 @@
 
     python scripts/bundle_model.py ~/.cache/meddiff/models/default meddiff_cli/bundled/default
 
-Only the card and the two sampling weight files are bundled (no checkpoint, no ONNX: `meddiff sample` copies
-the bundled model into the user cache on first use, verifies its sha256 and exports ONNX there).
+Only the card and the sampling weight files (autoencoder, denoiser and, when trained, the label decoder) are
+bundled (no checkpoint, no ONNX: `meddiff sample` copies the bundled model into the user cache on first use,
+verifies its sha256 and exports ONNX there). A file that is already fp16 (a model continued from the bundled
+one) is copied byte for byte, so its sha256 — and every sampling run's model identity — stays the same.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import argparse
 import shutil
 from pathlib import Path
 
+import torch
+
 from meddiff_cli.fsutil import sha256_file
 from meddiff_cli.model.card import ModelCard, latent_normalization
+from meddiff_cli.model.labels import LABEL_DECODER_FILE
 from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_state_dict, save_state_dict
 from meddiff_cli.model.registry import verify_model
 
@@ -33,8 +38,14 @@ def main() -> None:
         shutil.rmtree(args.target)
     args.target.mkdir(parents=True)
     files: dict[str, str] = {}
-    for name in (AUTOENCODER_FILE, DENOISER_FILE):
+    for name in (AUTOENCODER_FILE, DENOISER_FILE, LABEL_DECODER_FILE):
+        if name not in card.files:
+            continue
         state = load_state_dict(args.source / name, card.files.get(name))
+        if all(value.dtype == torch.float16 for value in state.values() if value.is_floating_point()):
+            shutil.copy2(args.source / name, args.target / name)
+            files[name] = sha256_file(args.target / name)
+            continue
         half = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
         files[name] = save_state_dict(half, args.target / name, metadata={"dtype": "float16", "source_sha256": card.files[name]})
     card.name = args.name

@@ -64,7 +64,7 @@ def test_segmenter_trained_on_real_labels_finds_missing_bone(phantom_sets, tmp_p
     summary = evaluate_folders(phantom_sets["real"], no_bone, None, options).summary
     anatomy = summary["anatomy"]  # on by default: REAL has label maps
     structures = anatomy["structures"]
-    assert set(structures) == {"lungs", "heart", "bone", "nodules"}
+    assert set(structures) == {"lungs", "heart", "bone", "nodules", "great_vessels"}
     for name in ("lungs", "heart", "bone"):
         assert structures[name]["presence"]["real"] >= 0.9, (name, structures[name])
     assert structures["lungs"]["presence"]["synthetic"] >= 0.9

@@ -19,7 +19,7 @@ def ct48():
 
 
 def test_labels_are_published():
-    assert CT == {"background": 0, "lungs": 1, "heart": 2, "bone": 3, "nodules": 4}
+    assert CT == {"background": 0, "lungs": 1, "heart": 2, "bone": 3, "nodules": 4, "great_vessels": 5}
     assert MRI == {"background": 0, "csf": 1, "gm": 2, "wm": 3}
 
 

@@ -249,7 +249,7 @@ def test_phantom_ct_as_dicom_and_nifti_gives_the_same_output(tmp_path):
     for fmt in ("nifti", "dicom"):
         assert preprocess_cases([tmp_path / fmt], tmp_path / f"out_{fmt}", settings).count("done") == 2
     a_manifest, b_manifest = load_manifest(tmp_path / "out_nifti"), load_manifest(tmp_path / "out_dicom")
-    assert a_manifest["labels"] == b_manifest["labels"] == {"background": 0, "lungs": 1, "heart": 2, "bone": 3, "nodules": 4}
+    assert a_manifest["labels"] == b_manifest["labels"] == {"background": 0, "lungs": 1, "heart": 2, "bone": 3, "nodules": 4, "great_vessels": 5}
     assert [c["case_id"] for c in a_manifest["cases"]] == [c["case_id"] for c in b_manifest["cases"]]
     assert [c["format"] for c in b_manifest["cases"]] == ["dicom", "dicom"]
     for a_case, b_case in zip(a_manifest["cases"], b_manifest["cases"]):

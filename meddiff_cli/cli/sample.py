@@ -28,8 +28,10 @@ EPILOG = (
     "Example: meddiff sample --modality ct --count 20 --out synth/ --seed 0 --preview  "
     "(volume i of seed S is the same for any --shard, and for any --batch-size on the bf16 CPU path; other paths "
     "may differ by floating-point rounding between batch sizes, see docs/sampling.md; split a run over 4 jobs with "
-    "--shard 0/4 … --shard 3/4 into the same DIR). Exit codes: 2 bad flags or existing outputs without "
-    "--overwrite, 6 model missing/tampered, 7 requested device unavailable."
+    "--shard 0/4 … --shard 3/4 into the same DIR). With --with-labels each volume gets labels/<name>.nii.gz "
+    "(a DICOM-SEG labels/<name>.dcm with --format dicom) on the same grid. Exit codes: 2 bad flags or existing "
+    "outputs without --overwrite, 6 model missing/tampered (or without a label decoder for --with-labels), "
+    "7 requested device unavailable, 8 cannot write the output (disk full, permissions)."
 )
 
 
@@ -118,6 +120,9 @@ def sample_command(
     shard: str | None = typer.Option(None, "--shard", help="I/N: generate only indices i with i % N == I (0-based)."),
     preview: bool = typer.Option(default(SampleOptions, "preview"), "--preview",
                                  help="Also write previews/<name>.png with three mid-slices."),
+    with_labels: bool = typer.Option(default(SampleOptions, "with_labels"), "--with-labels",
+                                     help="Also write each volume's label map (labels/<name>; the model's label "
+                                          "names are in manifest.json). Needs a model with a label decoder."),
     overwrite: bool = typer.Option(default(SampleOptions, "overwrite"), "--overwrite",
                                    help="Replace existing outputs instead of refusing."),
     compile_model: bool = typer.Option(default(SampleOptions, "compile"), "--compile",
@@ -136,7 +141,7 @@ def sample_command(
         modality=modality, count=count, out=out, model=model, cache_dir=cache_dir, steps=steps,
         sampler=sampler, seed=seed, batch_size=batch_size, file_format=file_format,
         device=device.lower(), backend=backend, precision=precision, threads=threads, shard=parse_shard(shard),
-        preview=preview, overwrite=overwrite, compile=compile_model, max_memory_gb=max_memory,
+        preview=preview, with_labels=with_labels, overwrite=overwrite, compile=compile_model, max_memory_gb=max_memory,
     )
     with progress_bar(quiet) as bar:
         result = sample_volumes(options, _RichProgress(bar, options, quiet, verbose), since)

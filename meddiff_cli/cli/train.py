@@ -89,7 +89,8 @@ def train_command(
     preset: str = typer.Option(default(TrainOptions, "preset"), "--preset", help="Network/training preset: compact (trains "
                                "on a CPU in ~30 min at 64^3), small, base (GPU); tiny is for tests (seconds, no quality).", **choice(tuple(PRESETS))),
     stage: str = typer.Option(default(TrainOptions, "stage"), "--stage", help="autoencoder, diffusion or all "
-                              "(autoencoder then diffusion).", **choice(STAGE_CHOICES)),
+                              "(autoencoder then diffusion); labels: add a label decoder to a trained model (DATA: "
+                              "preprocess folders with label maps), so `sample --with-labels` writes image + label pairs.", **choice(STAGE_CHOICES)),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Steps of the stage being trained; with --stage all it sets the diffusion steps."),
     ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="Autoencoder steps (default: preset)."),

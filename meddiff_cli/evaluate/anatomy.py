@@ -10,7 +10,11 @@ on both sides makes its own errors cancel in the comparison — and, per structu
 * volume: mean and spread in mL, and the Wasserstein-1 distance between the REAL and SYNTH volume
   distributions (mL) next to the same distance between two random halves of REAL;
 * connected components per volume (26-connected): one lung field or heart is 1-2 components, a
-  fragmented or speckled structure many.
+  fragmented or speckled structure many;
+* label agreement, when SYNTH comes with label maps (``meddiff sample --with-labels``): the Dice between the
+  segmenter's reading of each synthetic image and the label map generated with it, next to the segmenter's
+  Dice on held-out REAL volumes against their true labels. Generated labels that match their images score
+  close to the real-vs-real value; labels that drift from their images score far below it.
 """
 
 from __future__ import annotations
@@ -77,9 +81,39 @@ def anatomy_check(real: VolumeSet, synth: VolumeSet, segmenter: Segmenter, spaci
     """Segment both sets and compare them structure by structure (the ``anatomy`` section of the report)."""
     real_classes = segmenter.predict(real.arrays)
     synth_classes = segmenter.predict(synth.arrays)
-    return {
+    result = {
         "segmenter": segmenter.source,
         "presence_rule": f"predicted volume >= {PRESENCE_FRACTION:g} x REAL's median volume of the structure "
                          "(and at least one voxel)",
         "structures": compare_structures(real_classes, synth_classes, segmenter.class_names, spacing, seed),
+    }
+    if synth.labels is not None:
+        result["label_agreement"] = label_agreement(synth_classes, synth.labels, synth.label_names, segmenter)
+    return result
+
+
+def label_agreement(predicted: np.ndarray, labels: np.ndarray, label_names: dict[int, str],
+                    segmenter: Segmenter) -> dict[str, Any]:
+    """Per structure (matched by name): mean Dice of segmenter(synthetic image) vs the generated label map."""
+    value_of = {name: value for value, name in label_names.items()}
+    dice: dict[str, float | None] = {}
+    for index, name in enumerate(segmenter.class_names, start=1):
+        if name not in value_of:
+            continue
+        scores = []
+        for prediction, label in zip(predicted, labels):
+            p, t = prediction == index, label == value_of[name]
+            total = int(p.sum()) + int(t.sum())
+            if total:
+                scores.append(2.0 * int((p & t).sum()) / total)
+        dice[name] = round(float(np.mean(scores)), 4) if scores else None
+    reference = segmenter.source.get("validation_dice") or {}
+    scored = [v for v in dice.values() if v is not None]
+    return {
+        "dice": dice,
+        "mean_dice": round(float(np.mean(scored)), 4) if scored else None,
+        "real_reference_dice": {name: reference.get(name) for name in dice},
+        "reading": "Dice of the segmenter's reading of each synthetic image against the label map generated with "
+                   "it; real_reference_dice is the same segmenter on held-out REAL volumes against their true labels",
+        "unmatched_names": sorted({n for v, n in label_names.items() if v != 0} - set(segmenter.class_names)),
     }

@@ -110,6 +110,26 @@ def _label_beside(image: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def _synthetic_manifest_cases(folder: Path) -> list[CaseRef] | None:
+    """The volumes a ``meddiff sample`` manifest lists (with their ``--with-labels`` NIfTI label maps), or None.
+
+    Listing by manifest keeps ``labels/`` out of the volumes: a recursive search would read every label map
+    as one more synthetic volume."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        if manifest.get("format") != "meddiff-synthetic":
+            return None
+        entries = [e for e in manifest["files"] if (folder / e["file"]).exists()]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return None
+    refs = []
+    for entry in entries:
+        for case in discover_cases([folder / entry["file"]]):
+            label = folder / entry["label"] if str(entry.get("label") or "").endswith((".nii", ".nii.gz")) else None
+            refs.append(CaseRef(entry["file"], case, None, label if label is not None and label.is_file() else None))
+    return refs
+
+
 def list_cases(path: str | Path, role: str) -> list[CaseRef]:
     """All volumes of one input (folder or manifest), with names relative to it; at least 2 required."""
     path = Path(path)
@@ -125,6 +145,8 @@ def list_cases(path: str | Path, role: str) -> list[CaseRef]:
             source = CaseSource(case["case_id"], image, "nifti")
             label = folder / case["label"] if case.get("label") else None
             refs.append(CaseRef(case["image"], source, case["intensity"], label))
+    elif path.is_dir() and (listed := _synthetic_manifest_cases(path)) is not None:
+        refs = listed
     else:
         for case in discover_cases([path]):
             if case.format == "dicom":

@@ -119,7 +119,7 @@ def evaluate_folders(
     roots = {"real": real, "synthetic": synth, "train": train}
     sets = {
         role: load_set(roots[role], role_refs, role, pp, per_volume, options.workers, progress,
-                       want_label_maps=anatomy and role == "real" and options.anatomy_model is None)
+                       want_label_maps=anatomy and (role == "synthetic" or (role == "real" and options.anatomy_model is None)))
         for role, role_refs in refs.items()
     }
     real_set, synth_set, train_set = sets["real"], sets["synthetic"], sets.get("train")

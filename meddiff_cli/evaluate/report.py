@@ -39,6 +39,8 @@ EXPLANATIONS = {
     "one axis standing out points to slice-wise (2D) generation or interpolation artefacts.",
     "anatomy": "Share of volumes in which the segmenter finds the structure (volume >= 10 % of REAL's median), "
     "SYNTH vs REAL; volumes and connected components in the Anatomy section.",
+    "label_agreement": "Dice of a segmenter trained on REAL, reading each synthetic image, against the label map "
+    "generated with it (sample --with-labels); the reference is the same segmenter on held-out REAL volumes.",
     "memorization": "For each synthetic volume, the most similar training volume by normalised cross-correlation of "
     "band-passed volumes; flagged when much closer than any held-out REAL volume gets to the training set.",
 }
@@ -83,6 +85,11 @@ def metric_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
         presence = entry["presence"]
         table.append((f"Anatomy: {name} present", f"{100 * presence['synthetic']:.0f} %", "–",
                       f"{100 * presence['real']:.0f} % of REAL", EXPLANATIONS["anatomy"]))
+    agreement = (summary.get("anatomy") or {}).get("label_agreement") or {}
+    for name, dice in (agreement.get("dice") or {}).items():
+        reference = agreement["real_reference_dice"].get(name)
+        table.append((f"Labels agree: {name} Dice", _fmt(dice), "–", _fmt(reference) if reference is not None else "–",
+                      EXPLANATIONS["label_agreement"]))
     memo = summary.get("memorization")
     if memo is not None:
         table.append(

@@ -53,6 +53,8 @@ class ModelCard:
     * ``training``: counts, steps, seeds and settings — never paths or identifiers.
     * ``sampling``: the rectified-flow convention the denoiser was trained with (velocity definition,
       time direction, class labels, output clipping, a sensible default step count) — see docs/model.md.
+    * ``labels``: the label decoder's channels per modality (:mod:`meddiff_cli.model.labels`); empty when the
+      model generates images only.
     * ``files``: weight/ONNX file name → sha256, checked before anything is loaded.
     """
 
@@ -70,6 +72,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
     meddiff_version: str = __version__
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION

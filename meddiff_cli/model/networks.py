@@ -89,3 +89,48 @@ class DecoderForExport(torch.nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(latent / self.scale + self.shift).clamp(-1.0, 1.0)
+
+
+class LabelDecoder(torch.nn.Module):
+    """The autoencoder's decoder architecture with one output channel per label channel (``card.labels``).
+
+    Its parameter names match the autoencoder's decoder (``post_quant_conv.*``, ``decoder.*``), so training starts
+    from the image decoder's weights: every layer but the last already decodes the anatomy of this latent space.
+    """
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__()
+        kwargs = {**autoencoder_kwargs(card), "out_channels": int(card.labels["channels"])}
+        donor = AutoencoderKL(**kwargs)
+        self.post_quant_conv = donor.post_quant_conv
+        self.decoder = donor.decoder
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) latent -> label logits [B, channels, X, Y, Z]."""
+        return self.decoder(self.post_quant_conv(latent))
+
+
+def build_label_decoder(card: ModelCard) -> LabelDecoder:
+    return LabelDecoder(card)
+
+
+class LabelMapForExport(torch.nn.Module):
+    """Normalised latent + modality class -> label map [B, X, Y, Z] (int64 label values).
+
+    Channels of other modalities are masked out before the argmax, so a CT latent can only receive CT labels.
+    """
+
+    def __init__(self, label_decoder: LabelDecoder, shift: list[float], scale: list[float],
+                 channel_masks: list[list[bool]], channel_values: list[int]) -> None:
+        super().__init__()
+        self.label_decoder = label_decoder
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1, 1))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1, 1))
+        masks = torch.tensor(channel_masks, dtype=torch.bool)
+        self.register_buffer("penalty", torch.where(masks, 0.0, float("-inf")))  # [classes, channels]
+        self.register_buffer("values", torch.tensor(channel_values, dtype=torch.int64))
+
+    def forward(self, latent: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
+        logits = self.label_decoder(latent / self.scale + self.shift).float()
+        logits = logits + self.penalty[class_id][:, :, None, None, None]
+        return self.values[logits.argmax(dim=1)]

@@ -5,6 +5,7 @@
     model.json                 the model card (ModelCard); ``files`` maps each file below to its sha256
     autoencoder.safetensors    autoencoder weights used for sampling (EMA where trained with EMA)
     denoiser.safetensors       denoiser weights used for sampling (EMA)
+    label_decoder.safetensors  optional: latent -> label map logits (``train --stage labels``; card ``labels``)
     onnx/…                     exported graphs (added by ``meddiff export``)
     checkpoint/                training state for ``--resume`` (train only; not needed to sample)
 """
@@ -20,8 +21,9 @@ from safetensors.torch import load as load_safetensors_bytes, save_file
 
 from meddiff_cli.errors import ModelError
 from meddiff_cli.fsutil import atomic_path, sha256_file
-from meddiff_cli.model.card import CARD_FILE, ModelCard
-from meddiff_cli.model.networks import build_autoencoder, build_denoiser
+from meddiff_cli.model.card import CARD_FILE, ModelCard, latent_normalization
+from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
+from meddiff_cli.model.networks import LabelMapForExport, build_autoencoder, build_denoiser, build_label_decoder
 
 AUTOENCODER_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
@@ -91,3 +93,27 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         except RuntimeError as error:
             raise ModelError(f"weights do not match the model card's architecture ({str(error)[:200]})", folder / name) from None
     return card, autoencoder.to(device).eval(), denoiser.to(device).eval()
+
+
+def load_label_map(folder: str | Path, card: ModelCard, modalities: list[str]) -> LabelMapForExport:
+    """The label decoder wrapped to map normalised latents to label values (sha256-verified, eval mode).
+
+    ``modalities``: those the caller will ask for; each must have a label set (else a ModelError naming it).
+    """
+    for modality in modalities:
+        modality_labels(card.labels, modality, card.name)
+    decoder = build_label_decoder(card)
+    path = Path(folder) / LABEL_DECODER_FILE
+    try:
+        decoder.load_state_dict(load_state_dict(path, card.files.get(LABEL_DECODER_FILE)))
+    except RuntimeError as error:
+        raise ModelError(f"weights do not match the model card's label table ({str(error)[:200]})", path) from None
+    channels = int(card.labels["channels"])
+    masks, values = [], [0] * channels
+    for modality in card.modalities:
+        entry = card.labels["modalities"].get(modality)
+        owned = set(entry["channels"]) if entry else set()
+        masks.append([c in owned for c in range(channels)])
+        for channel, value in zip(entry["channels"] if entry else [], entry["values"] if entry else []):
+            values[channel] = int(value)
+    return LabelMapForExport(decoder, *latent_normalization(card), masks, values).eval()

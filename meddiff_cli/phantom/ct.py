@@ -30,7 +30,7 @@ from meddiff_cli.phantom.shapes import (
 )
 
 CT_FOV_MM = 380.0
-CT_LABELS = {"background": 0, "lungs": 1, "heart": 2, "bone": 3, "nodules": 4}
+CT_LABELS = {"background": 0, "lungs": 1, "heart": 2, "bone": 3, "nodules": 4, "great_vessels": 5}  # aorta, pulmonary trunk, SVC
 AIR_HU = -1000.0
 
 
@@ -393,11 +393,11 @@ def render_chest(s: ChestSubject, axes: tuple[np.ndarray, np.ndarray, np.ndarray
     paint(soft(heart - value["pericardial_fat"], width), s.fat_hu, 0)
     paint(soft(heart, width), s.soft_hu + 8.0, CT_LABELS["heart"])
     paint(soft(ellipsoid_on_grid(grid, s.heart_centre, [v * 0.72 for v in s.heart_axes], s.heart_rot), width), s.soft_hu - 5.0)
-    # tubes: vessels in the lungs stay "lung"; great vessels, oesophagus and airways clear the lung label
+    # tubes: vessels in the lungs stay "lung"; the great vessels get their own label; oesophagus and airways clear the lung label
     (vessel_occ,) = s.tubes["vessels"].paint(grid, width)
     paint(vessel_occ, s.soft_hu)
     great_occ, esophagus_occ = s.tubes["great_vessels"].paint(grid, width)[0], s.tubes["esophagus"].paint(grid, width)[0]
-    paint(great_occ, s.soft_hu, 0)
+    paint(great_occ, s.soft_hu, CT_LABELS["great_vessels"])
     paint(esophagus_occ, s.soft_hu + 5.0, 0)
     wall, lumen = s.tubes["airways"].paint(grid, width, offsets=(1.5, 0.0))
     paint(wall, 20.0)

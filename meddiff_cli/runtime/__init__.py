@@ -10,5 +10,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "backend": ["Backend"],
     "choice": ["RuntimeChoice", "choose_runtime"],
     "onnx": ["CPU_PROVIDER", "CUDA_PROVIDER", "OnnxBackend", "create_session"],
-    "pytorch": ["TorchBackend"],
+    "pytorch": ["TorchBackend", "TorchLabelMap"],
 })

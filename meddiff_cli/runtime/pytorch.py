@@ -51,3 +51,22 @@ class TorchBackend:
     def decode(self, latent: torch.Tensor, volume_shape: tuple[int, ...]) -> torch.Tensor:
         with self._autocast():
             return self.decoder(latent.to(self.dtype)).float()
+
+
+class TorchLabelMap:
+    """The label decoder (:class:`~meddiff_cli.model.networks.LabelMapForExport`) in PyTorch, whichever backend
+    denoises: one decoder forward per volume, in the backend's precision (bf16/fp16 autocast or fp32), on its device."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, precision: str) -> None:
+        self.module = module.to(device).eval()
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if self.dtype is torch.float16 and device.type != "cuda":
+            self.dtype = None  # CPU fp16 autocast is slower than fp32
+
+    @torch.inference_mode()
+    def __call__(self, latent: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, x, y, z] + class ids [B] -> label values [B, X, Y, Z] (uint8, on the CPU)."""
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            labels = self.module(latent.float().to(self.device), class_id.long().to(self.device))
+        return labels.to(torch.uint8).cpu()

@@ -17,22 +17,26 @@ from meddiff_cli.errors import ModelError, UsageError
 from meddiff_cli.export.options import onnx_files
 from meddiff_cli.fsutil import atomic_write_json
 from meddiff_cli.model.card import ModelCard
+from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
 from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE
-from meddiff_cli.sample.options import SampleOptions, SampleResult, output_name
+from meddiff_cli.sample.options import SampleOptions, SampleResult, label_name, output_name
 from meddiff_cli.sample.writers import centred_ras_affine, output_sha256
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "meddiff-synthetic"
 MANIFEST_VERSION = 1
 # Settings that change the voxels: a manifest written with other values describes other volumes.
-RUN_KEY_FIELDS = ("model_sha256", "modality", "seed", "steps", "sampler", "backend", "precision", "file_format")
+RUN_KEY_FIELDS = ("model_sha256", "modality", "seed", "steps", "sampler", "backend", "precision", "file_format",
+                  "with_labels")
+RUN_KEY_DEFAULTS = {"with_labels": False}  # manifests written before label maps existed
 
 
 def files_used(options: SampleOptions) -> tuple[str, ...]:
     """The model files this run's backend reads."""
+    labels = (LABEL_DECODER_FILE,) if options.with_labels else ()
     if options.backend == "onnx":
-        return onnx_files(options.precision)
-    return AUTOENCODER_FILE, DENOISER_FILE
+        return (*onnx_files(options.precision), *labels)
+    return AUTOENCODER_FILE, DENOISER_FILE, *labels
 
 
 def model_identity(card: ModelCard, used_files: tuple[str, ...]) -> str:
@@ -41,6 +45,7 @@ def model_identity(card: ModelCard, used_files: tuple[str, ...]) -> str:
     A retrained model under the same name gets another identity, so its volumes never mix with older ones.
     """
     weights = [name for name in (AUTOENCODER_FILE, DENOISER_FILE) if name in card.files]
+    weights += [name for name in used_files if name == LABEL_DECODER_FILE]
     names = weights or [name for name in used_files if name in card.files]
     if not names:
         raise ModelError(f"model card lists none of {', '.join(used_files)}; nothing to sample with")
@@ -53,7 +58,7 @@ def run_key(card: ModelCard, options: SampleOptions) -> dict[str, Any]:
     return {
         "model_sha256": model_identity(card, files_used(options)), "modality": options.modality,
         "seed": options.seed, "steps": options.steps, "sampler": options.sampler, "backend": options.backend,
-        "precision": options.precision, "file_format": options.file_format,
+        "precision": options.precision, "file_format": options.file_format, "with_labels": options.with_labels,
     }
 
 
@@ -73,7 +78,7 @@ def load_manifest(out: Path, run: dict[str, Any], overwrite: bool) -> dict[str, 
         if overwrite:
             return fresh
         raise UsageError("existing manifest is not a meddiff-synthetic manifest; use another --out or --overwrite", path)
-    different = [k for k in RUN_KEY_FIELDS if manifest.get(k) != run[k]]
+    different = [k for k in RUN_KEY_FIELDS if manifest.get(k, RUN_KEY_DEFAULTS.get(k)) != run[k]]
     if different:
         if overwrite:
             return fresh
@@ -100,11 +105,18 @@ def plan(out: Path, manifest: dict[str, Any], mine: list[int], options: SampleOp
         name = output_name(options.modality, index, options.file_format)
         path = out / name
         entry = listed.get(name)
+        label = out / label_name(options.modality, index, options.file_format) if options.with_labels else None
+        label_ours = label is not None and label.is_file() and entry is not None and \
+            output_sha256(label) == entry.get("label_sha256")
+        if label is not None and label.exists() and not label_ours and not options.overwrite:
+            raise UsageError("label map exists and is not one of a finished volume of this run; pass --overwrite to "
+                             "replace it", label)
         if path.exists():
-            if entry is not None and not options.overwrite and output_sha256(path) == entry.get("sha256"):
+            ours = entry is not None and output_sha256(path) == entry.get("sha256")
+            if ours and not options.overwrite and (label is None or label_ours):
                 done.append(entry)
                 continue
-            if not options.overwrite:
+            if not ours and not options.overwrite:  # a file of this run (e.g. its label map is missing) is redone
                 raise UsageError("output exists and is not a finished volume of this run; pass --overwrite to replace it", path)
         pending.append(index)
     return done, pending
@@ -131,7 +143,8 @@ def save_manifest(out: Path, manifest: dict[str, Any], run: dict[str, Any], card
         "meddiff_version": __version__,
         **run,
         "count": max(options.count, int(manifest.get("count", 0))),
-        "complete": complete and all((out / e["file"]).exists() for e in files),
+        "complete": complete and all((out / e["file"]).exists() and (not e.get("label") or (out / e["label"]).exists())
+                                     for e in files),
         "model": {
             "name": card.name,
             "files": {name: card.files.get(name) for name in files_used(options)},
@@ -156,4 +169,7 @@ def save_manifest(out: Path, manifest: dict[str, Any], run: dict[str, Any], card
         },
         "files": files,
     }
+    if options.with_labels:
+        names = modality_labels(card.labels, options.modality, card.name).names_by_value()
+        document["labels"] = {name: value for value, name in names.items()}  # {name: value}, as preprocess writes
     atomic_write_json(out / MANIFEST_FILE, document)

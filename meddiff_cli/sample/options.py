@@ -19,7 +19,7 @@ FORMATS = ("nifti", "dicom", "npy")
 MAX_STEPS = 1000  # RFlowScheduler's num_train_timesteps: more inference steps than that are refused
 
 __all__ = ["BACKENDS", "FORMATS", "MODALITIES", "PRECISIONS", "SAMPLERS", "SampleOptions", "SampleProgress",
-           "SampleResult", "check_format", "check_options", "output_name"]
+           "SampleResult", "check_format", "check_options", "label_name", "output_name"]
 
 
 @dataclass
@@ -42,6 +42,7 @@ class SampleOptions:
     threads: int | None = None  # CPU threads; None: the cores other processes leave free
     shard: tuple[int, int] | None = None
     preview: bool = False
+    with_labels: bool = False  # also decode a label map per volume (models with a label decoder)
     overwrite: bool = False
     compile: bool = False
     max_memory_gb: float | None = None
@@ -101,6 +102,15 @@ def output_name(modality: str, index: int, fmt: str) -> str:
     """File (or DICOM folder) name of volume ``index``; stable so that reruns find finished volumes."""
     stem = f"synth_{modality}_{index:04d}"
     return {"nifti": stem + ".nii.gz", "npy": stem + ".npy", "dicom": stem}[check_format(fmt)]
+
+
+LABELS_DIR = "labels"
+
+
+def label_name(modality: str, index: int, fmt: str) -> str:
+    """Path (relative to the output folder) of volume ``index``'s label map: NIfTI, npy, or a DICOM-SEG file."""
+    stem = output_name(modality, index, "npy")[:-len(".npy")]
+    return f"{LABELS_DIR}/{stem}" + {"nifti": ".nii.gz", "npy": ".npy", "dicom": ".dcm"}[check_format(fmt)]
 
 
 def check_options(options: SampleOptions) -> None:

@@ -23,16 +23,21 @@ from meddiff_cli.fsutil import TMP_PREFIX, FolderLock, output_folder, remove_sta
 from meddiff_cli.io.preview import PREVIEW_DIR, save_preview
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.model.card import ModelCard, latent_normalization
+from meddiff_cli.model.labels import modality_labels
 from meddiff_cli.model.registry import resolve_model
+from meddiff_cli.model.store import load_label_map
+from meddiff_cli.runtime import TorchLabelMap
 from meddiff_cli.model.scheduler import build_scheduler, default_steps, sample_latents
 from meddiff_cli.sample import manifest as manifests
 from meddiff_cli.sample.backends import make_backend, resolve_runtime
 from meddiff_cli.sample.memory import batch_size_for_memory, halve_batch, is_out_of_memory
 from meddiff_cli.sample.options import (
-    SampleOptions, SampleProgress, SampleResult, check_options, output_name,
+    LABELS_DIR, SampleOptions, SampleProgress, SampleResult, check_options, label_name, output_name,
 )
 from meddiff_cli.sample.seeds import initial_noise, shard_indices, torchrun_device, torchrun_shard, volume_seed
-from meddiff_cli.sample.writers import centred_ras_affine, output_sha256, to_physical, write_output
+from meddiff_cli.sample.writers import (
+    centred_ras_affine, output_sha256, to_physical, write_label_output, write_output,
+)
 
 WRITER_THREADS = 4
 
@@ -53,6 +58,8 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     options = replace(options, device=torchrun_device(options.device), steps=options.steps or default_steps(card))
     class_id = card.class_id(options.modality)
     latent_normalization(card)  # an autoencoder-only model fails here, before any output is planned
+    if options.with_labels:
+        modality_labels(card.labels, options.modality, card.name)  # so does a model without a label decoder
     mapping = card.intensity.get(options.modality)
     if mapping is None:
         raise ModelError(f"model card has no intensity mapping for {options.modality!r}", folder)
@@ -84,6 +91,10 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     result.device, result.provider, result.precision = backend.device_label, backend.provider, backend.precision_label
     result.threads = loaded.threads
     result.choice = "; ".join(note for note in (result.choice, loaded.threads_note) if note)
+    label_map = None
+    if options.with_labels:
+        label_map = TorchLabelMap(load_label_map(folder, card, [options.modality]), backend.torch_device,
+                                  options.precision)
     progress.ready(result)
 
     staging = _staging_dir(out, shard)
@@ -103,6 +114,7 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
                     latents = sample_latents(backend.denoise, scheduler, noise.to(backend.torch_device), classes,
                                              options.steps, options.sampler, progress.step)
                     decoded = backend.decode(latents, volume_shape).clamp(-1.0, 1.0).cpu().numpy()
+                    label_maps = label_map(latents, classes).numpy() if label_map is not None else None
                 except Exception as error:
                     if not is_out_of_memory(error):
                         raise
@@ -115,8 +127,10 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
                     model_space = decoded[position, 0]
                     volume = Volume(to_physical(model_space, mapping), affine, options.modality,
                                     {"synthetic": True, "model": card.name})
-                    in_flight.append(writers.submit(_write_one, out, staging, volume, model_space, index, options,
-                                                    card, manifest_lock, run, result, len(indices)))
+                    label = None if label_maps is None else Volume(
+                        label_maps[position], affine, options.modality, {"synthetic": True, "model": card.name})
+                    in_flight.append(writers.submit(_write_one, out, staging, volume, label, model_space, index,
+                                                    options, card, manifest_lock, run, result, len(indices)))
             _collect(in_flight, result, progress)
         result.seconds = time.perf_counter() - start
     finally:
@@ -148,24 +162,35 @@ def _collect(in_flight: list[Future], result: SampleResult, progress: SampleProg
         progress.volume(entry)
 
 
-def _write_one(out: Path, staging: Path, volume: Volume, model_space: np.ndarray, index: int, options: SampleOptions,
-               card: ModelCard, manifest_lock: FolderLock, run: dict[str, Any], result: SampleResult,
-               batch_size: int) -> dict[str, Any]:
-    """Stage under a temp name, record its sha256 in the manifest, then rename into place.
+def _write_one(out: Path, staging: Path, volume: Volume, label: Volume | None, model_space: np.ndarray, index: int,
+               options: SampleOptions, card: ModelCard, manifest_lock: FolderLock, run: dict[str, Any],
+               result: SampleResult, batch_size: int) -> dict[str, Any]:
+    """Stage under temp names, record the sha256 values in the manifest, then rename into place.
 
     A crash after the manifest update leaves a listed-but-missing file (regenerated on resume); a crash
-    before it leaves only a temp file (deleted on resume). A finished file is therefore always listed.
+    before it leaves only temp files (deleted on resume). A finished file is therefore always listed.
+    The label map (``--with-labels``) goes into place before its image, so a listed image always has it.
     """
     name = output_name(options.modality, index, options.file_format)
     final = out / name
     staged = staging / name
+    label_rel = label_name(options.modality, index, options.file_format) if label is not None else None
+    staged_label = staging / label_rel if label_rel else None
     try:
         write_output(volume, staged, options.file_format, card.name, index)
         entry = {"file": name, "index": index, "seed": volume_seed(options.seed, index),
                  "sha256": output_sha256(staged), "device": result.device, "provider": result.provider,
                  "batch_size": batch_size, "threads": result.threads}
+        if label is not None and staged_label is not None:
+            staged_label.parent.mkdir(exist_ok=True)
+            names = modality_labels(card.labels, options.modality, card.name).names_by_value()
+            write_label_output(label, staged_label, options.file_format, names, staged, card.name)
+            entry.update(label=label_rel, label_sha256=output_sha256(staged_label))
         with manifest_lock:
             manifests.record(out, entry, run, card, options, result)
+        if staged_label is not None:
+            (out / LABELS_DIR).mkdir(exist_ok=True)
+            os.replace(staged_label, out / label_rel)
         if final.is_dir():
             shutil.rmtree(final)
         os.replace(staged, final)
@@ -174,6 +199,8 @@ def _write_one(out: Path, staging: Path, volume: Volume, model_space: np.ndarray
             shutil.rmtree(staged, ignore_errors=True)
         elif staged.exists():
             staged.unlink()
+        if staged_label is not None and staged_label.exists():
+            staged_label.unlink()
     if options.preview:
         stem = name.split(".")[0]
         save_preview([[model_space]], out / PREVIEW_DIR / f"{stem}.png")

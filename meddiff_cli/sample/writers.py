@@ -47,6 +47,20 @@ def write_output(volume: Volume, path: Path, fmt: str, model_name: str, index: i
         )
 
 
+def write_label_output(label: Volume, path: Path, fmt: str, names: dict[int, str], image_path: Path,
+                       model_name: str) -> None:
+    """Write one label map beside its image: uint8 NIfTI, npy, or a DICOM-SEG referencing the image series."""
+    if fmt == "nifti":
+        write_nifti(label, path, dtype="uint8")  # marked synthetic in its header like the image
+    elif fmt == "npy":
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, label.array.astype(np.uint8, copy=False))
+    else:
+        from meddiff_cli.io.dicom.seg import write_dicom_seg
+
+        write_dicom_seg(label, names, image_path, path, model_name)
+
+
 def output_sha256(path: Path) -> str:
     """sha256 of a file, or of a DICOM folder (over its sorted file names and their sha256)."""
     if path.is_file():

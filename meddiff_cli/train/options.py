@@ -9,7 +9,8 @@ from typing import Any
 from meddiff_cli.model.card import ModelCard
 
 STAGES = ("autoencoder", "diffusion")
-STAGE_CHOICES = (*STAGES, "all")  # all: the autoencoder, then the denoiser
+LABEL_STAGE = "labels"  # optional, after the denoiser: the label decoder (image + label pairs)
+STAGE_CHOICES = (*STAGES, "all", LABEL_STAGE)  # all: the autoencoder, then the denoiser
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``meddiff train``: stage 1 KL autoencoder (L1 + KL + patch GAN), stage 2 rectified-flow latent denoiser.
+"""``meddiff train``: stage 1 KL autoencoder (L1 + KL + patch GAN), stage 2 rectified-flow latent denoiser,
+optionally a label decoder on the frozen latent (:mod:`.labels`).
 
 Design notes (the why lives in docs/model.md):
 
@@ -18,7 +19,8 @@ from meddiff_cli.errors import UsageError
 from meddiff_cli.train import distributed as ddp
 from meddiff_cli.train.autoencoder import train_autoencoder
 from meddiff_cli.train.diffusion import train_diffusion
-from meddiff_cli.train.options import STAGES, Reporter, TrainOptions, TrainResult
+from meddiff_cli.train.labels import train_label_decoder
+from meddiff_cli.train.options import LABEL_STAGE, STAGES, Reporter, TrainOptions, TrainResult
 from meddiff_cli.train.setup import prepare, stage_steps
 
 STAGE_TRAINERS = {"autoencoder": train_autoencoder, "diffusion": train_diffusion}
@@ -30,6 +32,8 @@ def train_model(options: TrainOptions, reporter: Reporter | None = None) -> Trai
     Raises UsageError / BadInputError / InputNotFoundError / ModelError / DeviceError for user problems.
     """
     reporter = reporter or Reporter()
+    if options.stage == LABEL_STAGE:
+        return train_label_decoder(options, reporter)
     began = time.monotonic()
     run = prepare(options, reporter)
     steps_run: dict[str, int] = {}
