@@ -276,3 +276,27 @@ def test_each_modality_gets_its_own_spacing(tiny_model, tmp_path):
     _sample(tmp_path / "mri", count=1, file_format="nifti", modality="mri")
     assert np.allclose(nib.load(tmp_path / "ct" / "synth_ct_0000.nii.gz").header.get_zooms(), 2.0)
     assert np.allclose(nib.load(tmp_path / "mri" / "synth_mri_0000.nii.gz").header.get_zooms(), 3.0)
+
+
+def test_overwrite_never_deletes_a_folder_meddiff_did_not_write(tiny_model, tmp_path, run_meddiff):
+    out = tmp_path / "dicom"
+    args = ["sample", "--modality", "ct", "--count", "1", "--out", out, "--model", "tiny", "--steps", "1",
+            "--device", "cpu", "--backend", "torch", "--format", "dicom", "-q"]
+    assert run_meddiff(*args)[0] == 0
+    series = out / "synth_ct_0000"
+    first = sorted(p.name for p in series.iterdir())
+
+    def series_uid() -> str:
+        import pydicom
+
+        return pydicom.dcmread(series / first[0], stop_before_pixels=True).SeriesInstanceUID
+
+    before = series_uid()
+    # A meddiff series in the way is replaced by --overwrite (here: another seed's series)...
+    assert run_meddiff(*args, "--seed", "5", "--overwrite")[0] == 0
+    assert sorted(p.name for p in series.iterdir()) == first and series_uid() != before
+    # ...but a folder that also holds a user's file is refused, and nothing in it is touched.
+    (series / "notes.txt").write_text("mine")
+    code, _, err = run_meddiff(*args, "--seed", "6", "--overwrite")
+    assert code == 2 and "did not write" in _flat(err)
+    assert (series / "notes.txt").read_text() == "mine" and len(list(series.iterdir())) == len(first) + 1

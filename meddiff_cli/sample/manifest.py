@@ -20,7 +20,7 @@ from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
 from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE
 from meddiff_cli.sample.options import SampleOptions, SampleResult, label_name, output_name
-from meddiff_cli.sample.writers import centred_ras_affine, output_sha256
+from meddiff_cli.sample.writers import centred_ras_affine, is_meddiff_series, output_sha256
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "meddiff-synthetic"
@@ -118,6 +118,9 @@ def plan(out: Path, manifest: dict[str, Any], mine: list[int], options: SampleOp
                 continue
             if not ours and not options.overwrite:  # a file of this run (e.g. its label map is missing) is redone
                 raise UsageError("output exists and is not a finished volume of this run; pass --overwrite to replace it", path)
+            if not ours and path.is_dir() and not is_meddiff_series(path):
+                raise UsageError("output folder exists and holds files meddiff did not write; --overwrite replaces "
+                                 "only meddiff's own DICOM series: move it away or choose another --out", path)
         pending.append(index)
     return done, pending
 

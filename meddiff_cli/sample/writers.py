@@ -61,6 +61,26 @@ def write_label_output(label: Volume, path: Path, fmt: str, names: dict[int, str
         write_dicom_seg(label, names, image_path, path, model_name)
 
 
+def is_meddiff_series(folder: Path) -> bool:
+    """True when every entry of ``folder`` is a DICOM file meddiff wrote as synthetic (its Manufacturer mark):
+    the only kind of folder ``--overwrite`` may delete to put a new series in its place."""
+    import pydicom
+
+    from meddiff_cli.io.dicom.writer import MANUFACTURER_SYNTHETIC
+
+    entries = list(folder.iterdir())
+    for entry in entries:
+        if not entry.is_file() or entry.is_symlink():
+            return False
+        try:
+            header = pydicom.dcmread(entry, stop_before_pixels=True, specific_tags=["Manufacturer"])
+        except Exception:  # noqa: BLE001 - anything unreadable is not ours
+            return False
+        if header.get("Manufacturer") != MANUFACTURER_SYNTHETIC:
+            return False
+    return bool(entries)
+
+
 def output_sha256(path: Path) -> str:
     """sha256 of a file, or of a DICOM folder (over its sorted file names and their sha256)."""
     if path.is_file():
