@@ -58,7 +58,7 @@ class LabelledLatents:
     modality: str
     mu: torch.Tensor  # [N, C, x, y, z]
     sigma: torch.Tensor
-    targets: torch.Tensor  # [N, X, Y, Z] int64: index into the modality's label values
+    targets: torch.Tensor  # [N, X, Y, Z] uint8: index into the modality's label values
     train: list[int]
     val: list[int]
 
@@ -116,7 +116,7 @@ def _encode(autoencoder: torch.nn.Module, layout: dict[str, Any], modality: str,
         mu, sigma = autoencoder.encode(torch.from_numpy(image)[None, None])
         mus.append(mu[0])
         sigmas.append(sigma[0])
-        targets.append(torch.from_numpy(index_of[label]))
+        targets.append(torch.from_numpy(index_of[label].astype(np.uint8)))
         if (number + 1) % 50 == 0:
             say(f"labels: encoded {number + 1}/{len(pairs)} {modality} cases")
     order = np.random.default_rng([seed, STAGE_CODE]).permutation(len(pairs))
@@ -183,7 +183,9 @@ def train_label_decoder(options: TrainOptions, reporter: Reporter | None = None)
     resuming = (state_dir / "state.json").is_file()
     if card.labels and not (options.resume or resuming):
         raise UsageError(f"model {options.name!r} already has a label decoder; pass --resume to continue its training")
-    total = int(options.steps or config["steps"])
+    total = int(options.steps if options.steps is not None else config["steps"])
+    if total < 1:
+        raise UsageError("--steps must be at least 1")
     device = resolve_device(options.device)
     amp_dtype = training_amp_dtype(device, "auto")
 
@@ -249,7 +251,7 @@ def train_label_decoder(options: TrainOptions, reporter: Reporter | None = None)
                 group["lr"] = float(config["lr"]) * schedule(step)
             with amp():
                 logits = decoder(latent)[:, channels].float()
-            loss = loss_fn(logits, data.targets[picks][:, None])
+            loss = loss_fn(logits, data.targets[picks][:, None].long())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
