@@ -125,6 +125,7 @@ def test_label_stage_resumes_where_it_was_interrupted(tiny_model, tmp_path):
     from meddiff_cli.train.options import Reporter, TrainOptions
 
     _trainable_tiny(tiny_model)
+    straight = shutil.copytree(tiny_model, tiny_model.parent / "straight")
     data = make_labelled_data(tmp_path / "data", cases=3)
     settings = {"labels.checkpoint_every": 3, "labels.val_every": 1000}
 
@@ -141,6 +142,24 @@ def test_label_stage_resumes_where_it_was_interrupted(tiny_model, tmp_path):
     resumed = train_label_decoder(TrainOptions(data=[data], name="tiny", stage="labels", device="cpu",
                                                overrides=settings, resume=True))
     assert resumed.steps_run == {"labels": 2} and ModelCard.load(tiny_model).training["steps"]["labels"] == 6
+    # The resumed run repeats an uninterrupted one: same weights, optimiser moments and draws, same bytes.
+    train_label_decoder(TrainOptions(data=[data], name="straight", stage="labels", steps=6, device="cpu",
+                                     overrides=settings))
+    assert sha256_file(straight / LABEL_DECODER_FILE) == sha256_file(tiny_model / LABEL_DECODER_FILE)
+
+
+def test_label_stage_refuses_bad_settings_and_data_of_another_grid(tiny_model, tmp_path, run_meddiff):
+    _trainable_tiny(tiny_model)
+    data = make_labelled_data(tmp_path / "data", cases=3)
+    for setting in ("labels.val_every=0", "labels.checkpoint_every=-1", "labels.val_fraction=1", "labels.lr=abc"):
+        code, _, err = run_meddiff("train", data, "--name", "tiny", "--stage", "labels", "--steps", "1", "--set", setting)
+        assert code == 2 and setting.split("=")[0] in err and "Traceback" not in err, (setting, err)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["spacing"] = [s * 2 for s in manifest["spacing"]]  # preprocessed at another spacing than the model's
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_meddiff("train", data, "--name", "tiny", "--stage", "labels", "--steps", "1")
+    assert code == 4 and "spacing" in err and "manifest.json" in err
+    assert not (tiny_model / "checkpoint_labels").exists() and not ModelCard.load(tiny_model).labels
 
 
 def test_sample_with_labels_writes_pairs_on_one_grid_and_resumes(tiny_model, tmp_path, run_meddiff):
@@ -230,4 +249,8 @@ def test_evaluate_reads_sample_pairs_and_scores_label_agreement(tmp_path):
     assert perfect["dice"] == {"lungs": 1.0, "heart": 1.0, "bone": 1.0} and perfect["real_reference_dice"]["lungs"] == 0.9
     swapped = label_agreement(np.where(as_classes == 1, 2, np.where(as_classes == 2, 1, as_classes)), labels, names, segmenter)
     assert swapped["dice"]["lungs"] == 0.0 and swapped["dice"]["bone"] == 1.0
+    # Classes are matched by name, not by index = value: a segmenter whose class order is bone, lungs, heart.
+    reordered = Segmenter(lambda x: x, ["bone", "lungs", "heart"], {"validation_dice": {}})
+    classes = np.select([labels == 3, labels == 1, labels == 2], [1, 2, 3], 0)
+    assert label_agreement(classes, labels, names, reordered)["dice"] == {"bone": 1.0, "lungs": 1.0, "heart": 1.0}
     assert perfect["unmatched_names"] == ["great_vessels", "nodules"]

@@ -121,6 +121,7 @@ def _export_locked(model_folder: Path, target: Path, precision: str, opset: int,
         previous = ModelCard.load(target).files if (target / CARD_FILE).is_file() else {}
         card = copy.deepcopy(card)
         card.files = {k: v for k, v in previous.items() if k.startswith("onnx/") and (target / k).is_file()}
+        card.labels = {}  # the label decoder runs in PyTorch and is not copied: this folder cannot make pairs
     card.files.update(files)
     card.save(target)
     return ExportResult(target, precision, files, errors, exporter, verified_on)

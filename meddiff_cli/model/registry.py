@@ -88,6 +88,8 @@ def _stale_bundle_copy(folder: Path, bundled: Path) -> bool:
         return False
     if not cached.training.get("bundled_weights_dtype"):
         return False
+    if any(name not in shipped.files and not name.startswith("onnx/") for name in cached.files):
+        return False  # it gained weights of its own (e.g. a label decoder trained on the copy): the user's now
     return any(cached.files.get(name) != sha for name, sha in shipped.files.items())
 
 

@@ -23,7 +23,7 @@ from meddiff_cli.fsutil import TMP_PREFIX, FolderLock, output_folder, remove_sta
 from meddiff_cli.io.preview import PREVIEW_DIR, save_preview
 from meddiff_cli.io.volume import Volume
 from meddiff_cli.model.card import ModelCard, latent_normalization
-from meddiff_cli.model.labels import modality_labels
+from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
 from meddiff_cli.model.registry import resolve_model
 from meddiff_cli.model.store import load_label_map
 from meddiff_cli.runtime import TorchLabelMap
@@ -60,6 +60,9 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     latent_normalization(card)  # an autoencoder-only model fails here, before any output is planned
     if options.with_labels:
         modality_labels(card.labels, options.modality, card.name)  # so does a model without a label decoder
+        if LABEL_DECODER_FILE not in card.files:
+            raise ModelError(f"--with-labels: model {card.name!r} lists no {LABEL_DECODER_FILE} (an ONNX-only "
+                             "export has none); sample pairs from the model folder it was exported from", folder)
     mapping = card.intensity.get(options.modality)
     if mapping is None:
         raise ModelError(f"model card has no intensity mapping for {options.modality!r}", folder)

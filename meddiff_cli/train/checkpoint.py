@@ -74,14 +74,21 @@ def save_checkpoint(model_folder: Path, state: dict[str, Any], groups: dict[str,
     return final
 
 
-def recover_interrupted_swap(model_folder: Path) -> None:
-    """Put back the previous checkpoint if a kill landed between the two renames of ``atomic_dir``."""
-    final = model_folder / CHECKPOINT_DIR
+def recover_interrupted_swap(model_folder: Path, directory: str = CHECKPOINT_DIR,
+                             state_format: str = CHECKPOINT_FORMAT) -> None:
+    """Put back the previous checkpoint ``directory`` (its state.json's ``format`` is ``state_format``) if a kill
+    landed between the two renames of ``atomic_dir``."""
+    final = model_folder / directory
     if final.exists():
         return
     for leftover in sorted(model_folder.glob(f"{TMP_PREFIX}*/old/{STATE_FILE}")):
-        leftover.parent.rename(final)
-        return
+        try:
+            found = json.loads(leftover.read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if found == state_format:
+            leftover.parent.rename(final)
+            return
 
 
 def load_checkpoint(model_folder: Path) -> Checkpoint:

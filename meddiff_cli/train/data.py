@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -20,6 +20,9 @@ from torch.utils.data import Dataset, Sampler
 from meddiff_cli.errors import BadInputError, InputNotFoundError, UsageError
 from meddiff_cli.io import read_nifti
 from meddiff_cli.preprocess.manifest import load_manifest
+
+if TYPE_CHECKING:
+    from meddiff_cli.model.card import ModelCard
 
 # A preprocessed image must lie in [-1, 1]; allow float rounding from resampling/writing.
 RANGE_TOLERANCE = 1e-3
@@ -154,13 +157,36 @@ def _split(labels: list[str], per_label: dict[str, list[Path]], val_fraction: fl
 
 def read_case(case: Case) -> np.ndarray:
     """The image array, refusing anything that is not a preprocessed [-1, 1] finite volume."""
-    array = read_nifti(case.image).array
+    return read_model_space(case.image)
+
+
+def read_model_space(image: Path) -> np.ndarray:
+    """A preprocessed image in model space, refusing anything that is not a finite [-1, 1] volume."""
+    array = read_nifti(image).array
     if not np.isfinite(array).all():
-        raise BadInputError("image contains NaN or infinite values", case.image)
+        raise BadInputError("image contains NaN or infinite values", image)
     if np.abs(array).max(initial=0.0) > 1.0 + RANGE_TOLERANCE:
         raise BadInputError(f"values span [{array.min():.3g}, {array.max():.3g}], not [-1, 1]: "
-                            "not a `meddiff preprocess` output", case.image)
+                            "not a `meddiff preprocess` output", image)
     return np.clip(array, -1.0, 1.0)
+
+
+def check_grid(manifest: dict[str, Any], card: ModelCard, modality: str, where: Path) -> None:
+    """Refuse a preprocess folder whose size, spacing or intensity mapping is not the model's for ``modality``:
+    its latents would not be the ones the model's denoiser produces."""
+    if [int(v) for v in manifest.get("size", [])] != [int(v) for v in card.volume["shape"]]:
+        raise BadInputError(f"volume size {manifest.get('size')} differs from the model's {card.volume['shape']}", where)
+    expected = card.spacing(modality)
+    if not np.allclose(manifest.get("spacing", [0.0]), expected, rtol=1e-4):
+        raise BadInputError(f"spacing {manifest.get('spacing')} differs from the model's {expected} for {modality}; "
+                            "preprocess with the model's --spacing", where)
+    try:
+        mapping = card_intensity(manifest["intensity"])
+    except (KeyError, TypeError):
+        raise BadInputError("manifest has no usable intensity mapping", where) from None
+    if mapping != card.intensity.get(modality):
+        raise BadInputError(f"intensity mapping {mapping} differs from the model's {card.intensity.get(modality)} "
+                            f"for {modality}; preprocess with the same settings", where)
 
 
 def augment(array: np.ndarray, rng: np.random.Generator, jitter: float, flip_lr: bool) -> np.ndarray:

@@ -9,7 +9,8 @@ Training: latents are posterior draws ``mu + sigma * eps`` of the frozen encoder
 trained on, and a little of the spread sampled latents have); loss Dice + cross-entropy over the case's own
 modality's channels; the decoder starts from the image decoder's weights (every layer but the output one).
 Every draw of step ``s`` comes from ``step_seed(seed, 3, s)``, so a resumed run repeats an uninterrupted one.
-State (weights, AdamW moments, step) lives in ``<model>/checkpoint_labels/`` until the run finishes.
+State (weights, AdamW moments, step) lives in ``<model>/checkpoint_labels/`` until the run finishes, written
+complete under a temporary name and swapped in (as the main checkpoint is), so a kill never leaves a mix.
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ import torch
 from monai.losses import DiceCELoss
 
 from meddiff_cli.errors import BadInputError, ModelError, UsageError
-from meddiff_cli.fsutil import atomic_write_json
+from meddiff_cli.fsutil import atomic_dir, atomic_write_json
 from meddiff_cli.io.nifti import read_nifti
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.labels import LABEL_DECODER_FILE, label_layout
 from meddiff_cli.model.networks import LabelDecoder, build_label_decoder
 from meddiff_cli.model.registry import validate_name
 from meddiff_cli.model.store import load_model, load_state_dict, save_state_dict
-from meddiff_cli.paths import models_dir
-from meddiff_cli.train.checkpoint import flatten_optimizer, unflatten_optimizer
-from meddiff_cli.train.data import step_seed
+from meddiff_cli.paths import models_dir, torchrun_launch
+from meddiff_cli.train.checkpoint import flatten_optimizer, recover_interrupted_swap, unflatten_optimizer
+from meddiff_cli.train.data import check_grid, read_model_space, step_seed
 from meddiff_cli.train.options import Reporter, TrainOptions, TrainResult
 from meddiff_cli.train.schedules import warmup_cosine
 from meddiff_cli.train.setup import training_amp_dtype
@@ -46,9 +47,30 @@ from meddiff_cli.devices import describe_device, resolve_device
 
 STAGE_CODE = 3
 STATE_DIR = "checkpoint_labels"
+STATE_FORMAT = "meddiff-label-checkpoint"
 # Settings of this stage (``--set labels.KEY=VALUE``); the step count comes from --steps.
 LABEL_DEFAULTS: dict[str, Any] = {"steps": 1000, "batch_size": 2, "lr": 2e-4, "warmup_steps": 50,
                                   "val_fraction": 0.1, "val_every": 250, "checkpoint_every": 100}
+# The smallest value each setting takes (val_fraction also stays below 1).
+LABEL_MINIMUM: dict[str, float] = {"steps": 1, "batch_size": 1, "lr": 1e-12, "warmup_steps": 0,
+                                   "val_fraction": 0.0, "val_every": 1, "checkpoint_every": 1}
+
+
+def label_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    """LABEL_DEFAULTS with ``--set labels.KEY=VALUE`` (or train.KEY from --lr/--batch-size) applied and checked."""
+    config = dict(LABEL_DEFAULTS)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in ("labels", "train") or key not in config:
+            raise UsageError(f"--stage labels takes labels.* settings ({', '.join(sorted(config))}), not {dotted!r}")
+        try:
+            config[key] = type(LABEL_DEFAULTS[key])(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"--set {dotted}={value!r}: expected a {type(LABEL_DEFAULTS[key]).__name__}") from None
+        if not config[key] >= LABEL_MINIMUM[key] or (key == "val_fraction" and config[key] >= 1.0):
+            raise UsageError(f"--set {dotted}={value!r} is out of range (at least {LABEL_MINIMUM[key]:g}"
+                             + (", below 1)" if key == "val_fraction" else ")"))
+    return config
 
 
 @dataclass
@@ -80,8 +102,7 @@ def _read_folders(folders: list[Path], modalities: list[str] | None, card: Model
         if modality not in card.modalities:
             raise UsageError(f"{folder}: modality {modality!r} is not one of model {card.name!r}'s "
                              f"({', '.join(card.modalities)})")
-        if list(manifest.get("size", [])) != list(card.volume["shape"]):
-            raise BadInputError(f"volume size {manifest.get('size')} differs from the model's {card.volume['shape']}", path)
+        check_grid(manifest, card, modality, path)  # the latents the denoiser produces come from this grid only
         table = manifest.get("labels")
         pairs = [(folder / e["image"], folder / e["label"]) for e in manifest.get("cases", []) if e.get("label")]
         if not isinstance(table, dict) or not pairs:
@@ -105,7 +126,7 @@ def _encode(autoencoder: torch.nn.Module, layout: dict[str, Any], modality: str,
     known[values] = True
     mus, sigmas, targets = [], [], []
     for number, (image_path, label_path) in enumerate(sorted(pairs)):
-        image = read_nifti(image_path).array.astype(np.float32)
+        image = read_model_space(image_path).astype(np.float32)
         label = read_nifti(label_path).array
         if label.shape != image.shape:
             raise BadInputError(f"label map shape {label.shape} differs from its image's {image.shape}", label_path)
@@ -120,7 +141,7 @@ def _encode(autoencoder: torch.nn.Module, layout: dict[str, Any], modality: str,
         if (number + 1) % 50 == 0:
             say(f"labels: encoded {number + 1}/{len(pairs)} {modality} cases")
     order = np.random.default_rng([seed, STAGE_CODE]).permutation(len(pairs))
-    n_val = max(1, int(round(val_fraction * len(pairs)))) if len(pairs) > 1 else 0
+    n_val = min(len(pairs) - 1, max(1, int(round(val_fraction * len(pairs))))) if len(pairs) > 1 and val_fraction > 0 else 0
     return LabelledLatents(modality, torch.stack(mus), torch.stack(sigmas), torch.stack(targets),
                            sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val]))
 
@@ -167,12 +188,9 @@ def train_label_decoder(options: TrainOptions, reporter: Reporter | None = None)
     reporter = reporter or Reporter()
     began = time.monotonic()
     validate_name(options.name, "--name")
-    config = dict(LABEL_DEFAULTS)
-    for dotted, value in options.overrides.items():
-        section, _, key = dotted.partition(".")
-        if section not in ("labels", "train") or key not in config:  # --batch-size/--lr arrive as train.*
-            raise UsageError(f"--stage labels takes labels.* settings ({', '.join(sorted(config))}), not {dotted!r}")
-        config[key] = type(LABEL_DEFAULTS[key])(value)
+    config = label_config(options.overrides)  # --batch-size/--lr arrive as train.*
+    if torchrun_launch().distributed:
+        raise UsageError("--stage labels runs in one process (it takes minutes on a CPU); start it without torchrun")
     folder = models_dir(options.cache_dir) / options.name
     card, autoencoder, _ = load_model(folder)  # a missing model fails here, with its folder named
     if int(card.training.get("steps", {}).get("autoencoder", 0)) < 1:
@@ -180,6 +198,7 @@ def train_label_decoder(options: TrainOptions, reporter: Reporter | None = None)
     if card.latent.get("scale") is None and card.latent.get("scale_factor") is None:
         raise ModelError(f"model {options.name!r} has no trained denoiser, so its latents cannot be sampled yet", folder)
     state_dir = folder / STATE_DIR
+    recover_interrupted_swap(folder, STATE_DIR, STATE_FORMAT)
     resuming = (state_dir / "state.json").is_file()
     if card.labels and not (options.resume or resuming):
         raise UsageError(f"model {options.name!r} already has a label decoder; pass --resume to continue its training")
@@ -202,14 +221,19 @@ def train_label_decoder(options: TrainOptions, reporter: Reporter | None = None)
     seed = int(card.training.get("seed", options.seed))
     sets = [_encode(autoencoder, layout, m, cases[m], seed, float(config["val_fraction"]), reporter.message)
             for m in layout["modalities"]]
+    for data in sets:
+        data.mu, data.sigma, data.targets = data.mu.to(device), data.sigma.to(device), data.targets.to(device)
     card.labels = layout  # the network's output width comes from the table
-    decoder = build_label_decoder(card)
+    with torch.random.fork_rng(devices=[]):  # the output layer's initial weights: a function of the seed only
+        torch.manual_seed(step_seed(seed, STAGE_CODE))
+        decoder = build_label_decoder(card)
     if trained_before:  # --resume of a finished decoder: a further run of --steps steps from its weights
         decoder.load_state_dict(load_state_dict(folder / LABEL_DECODER_FILE, card.files.get(LABEL_DECODER_FILE)))
     else:
         _initial_weights(decoder, autoencoder)
     earlier_steps = int(card.training.get("steps", {}).get("labels", 0)) if trained_before else 0
     del autoencoder
+    decoder.to(device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=float(config["lr"]), weight_decay=0.0)
     start = 0
     if resuming:
@@ -229,12 +253,13 @@ def train_label_decoder(options: TrainOptions, reporter: Reporter | None = None)
 
     def save_state(step: int) -> None:
         tensors, meta = flatten_optimizer(optimizer.state_dict())
-        sha = {"decoder": save_state_dict(decoder, state_dir / "decoder.safetensors"),
-               "optimizer": save_state_dict(tensors, state_dir / "optimizer.safetensors")}
-        atomic_write_json(state_dir / "state.json", {"step": step, "total": total, "layout": layout, "earlier_steps": earlier_steps,
-                                                     "optimizer": meta, "sha256": sha})
+        with atomic_dir(state_dir, replace=True) as scratch:  # this stage's own folder: swapped in whole
+            sha = {"decoder": save_state_dict(decoder, scratch / "decoder.safetensors"),
+                   "optimizer": save_state_dict(tensors, scratch / "optimizer.safetensors")}
+            atomic_write_json(scratch / "state.json", {"format": STATE_FORMAT, "step": step, "total": total,
+                                                       "layout": layout, "earlier_steps": earlier_steps,
+                                                       "optimizer": meta, "sha256": sha})
 
-    state_dir.mkdir(exist_ok=True)
     # A job's time limit (SIGTERM) stops like Ctrl-C: the applied steps (``completed``) are saved, then it exits.
     on_main = threading.current_thread() is threading.main_thread()
     previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main else None
@@ -279,6 +304,8 @@ def train_label_decoder(options: TrainOptions, reporter: Reporter | None = None)
     card.training["label_cases"] = {s.modality: {"train": len(s.train), "val": len(s.val)} for s in sets}
     card.training["label_config"] = {**config, "steps": total}
     card.metrics["labels"] = metrics
+    # Now a model of the user's: a meddiff upgrade must not replace it with new bundled weights (registry).
+    card.training.pop("bundled_weights_dtype", None)
     card.save(folder)  # card last: it never names a decoder that is not on disk
     shutil.rmtree(state_dir, ignore_errors=True)
     return TrainResult(options.name, folder, card, {"labels": total - start}, round(time.monotonic() - began, 3))
