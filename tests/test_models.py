@@ -152,9 +152,9 @@ def test_cached_copy_of_an_older_bundle_is_replaced_but_a_users_model_is_not(iso
     resolve_model("default")
     assert ModelCard.load(folder).files["denoiser.safetensors"] == "1" * 64
 
-    # A copy that gained weights of its own (a label decoder trained on it) is the user's too, marker or not.
+    # A copy that gained weights of its own (e.g. a label decoder trained on it) is the user's too, marker or not.
     card["training"]["bundled_weights_dtype"] = "float16"
-    card["files"]["label_decoder.safetensors"] = "2" * 64
+    card["files"]["my_weights.safetensors"] = "2" * 64
     card_file.write_text(json.dumps(card))
     resolve_model("default")
-    assert ModelCard.load(folder).files["label_decoder.safetensors"] == "2" * 64
+    assert ModelCard.load(folder).files["my_weights.safetensors"] == "2" * 64
