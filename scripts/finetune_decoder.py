@@ -192,9 +192,10 @@ def _write(work: Path, model: Path) -> None:
     # A run that continued an already fine-tuned decoder adds to what the origin model's card records.
     origin = ModelCard.load(Path(json.loads((work / "origin.json").read_text())["model"]))
     before = origin.training.get("decoder_finetune") or {"steps": 0, "duration_s": 0.0}
-    card.training["decoder_finetune"] = {"steps": int(before["steps"]) + steps,
-                                         "duration_s": round(float(before["duration_s"]) + float(state.get("duration_s", 0.0)), 1),
-                                         "runs": [*before.get("runs", [int(before["steps"])] if before["steps"] else []), steps]}
+    runs = before.get("runs") or ([int(before["steps"])] if before["steps"] else [])
+    duration = float(before["duration_s"]) + float(state.get("duration_s", 0.0))
+    card.training["decoder_finetune"] = {"steps": sum(runs) + steps, "duration_s": round(duration, 1),
+                                         "runs": [*runs, steps]}
     save_model(card, autoencoder.float(), denoiser, model)
     ModelCard.load(model)
     print(f"{model}: decoder fine-tuned for {steps} steps written", file=sys.stderr)
