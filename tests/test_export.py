@@ -14,7 +14,7 @@ from meddiff_cli.errors import ModelError
 from meddiff_cli.export import export_model, onnx_files
 from meddiff_cli.fsutil import sha256_file
 from meddiff_cli.model.card import ModelCard, latent_normalization
-from meddiff_cli.model.networks import DenoiserForExport, build_autoencoder, build_denoiser
+from meddiff_cli.model.networks import DenoiserForExport, build_autoencoder, build_denoiser, repair_box_edges
 from meddiff_cli.model.store import load_model, save_model
 
 
@@ -50,7 +50,8 @@ def test_fp32_graphs_match_torch_on_unseen_inputs(tiny_model):
     volume = session.run(None, {"latent": latent[:2].numpy()})[0]
     with torch.no_grad():
         shift, scale = (torch.tensor(v).view(1, -1, 1, 1, 1) for v in latent_normalization(ModelCard.load(tiny_model)))
-        expected = autoencoder.decode(latent[:2] / scale + shift).clamp(-1, 1).numpy()  # per-channel un-normalisation in the graph
+        # per-channel un-normalisation and the box-edge repair are in the graph
+        expected = repair_box_edges(autoencoder.decode(latent[:2] / scale + shift).clamp(-1, 1)).numpy()
     assert volume.shape == (2, 1, 32, 32, 32)
     assert _relative_error(volume, expected) < 1e-3
 
@@ -104,3 +105,17 @@ def test_export_to_out_folder_makes_an_onnx_only_model(tiny_model, tmp_path, run
 def test_export_rejects_unknown_precision(run_meddiff, tiny_model):
     code, _, err = run_meddiff("export", "tiny", "--precision", "int8")
     assert code == 2 and "precision" in err
+
+
+def test_graphs_of_an_older_revision_are_exported_again_on_first_use(tiny_model):
+    """A cache holding graphs from before the decoder's box-edge repair must not keep serving them."""
+    from meddiff_cli.export.graphs import ensure_onnx
+    from meddiff_cli.export.options import GRAPH_REVISION
+
+    assert ensure_onnx(tiny_model, "fp32") is False  # the fixture's graphs are current: reused
+    card = ModelCard.load(tiny_model)
+    assert card.sampling["onnx_graph_revision"] == GRAPH_REVISION
+    del card.sampling["onnx_graph_revision"]  # as an export by an older meddiff left it
+    card.save(tiny_model)
+    assert ensure_onnx(tiny_model, "fp32") is True
+    assert ModelCard.load(tiny_model).sampling["onnx_graph_revision"] == GRAPH_REVISION

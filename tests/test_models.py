@@ -158,3 +158,21 @@ def test_cached_copy_of_an_older_bundle_is_replaced_but_a_users_model_is_not(iso
     card_file.write_text(json.dumps(card))
     resolve_model("default")
     assert ModelCard.load(folder).files["my_weights.safetensors"] == "2" * 64
+
+
+def test_repair_box_edges_copies_only_edges_and_corners_from_the_next_voxel_inwards():
+    import torch
+
+    from meddiff_cli.model.networks import repair_box_edges
+
+    volume = torch.randn(2, 1, 5, 6, 7)
+    repaired = repair_box_edges(volume)
+    x, y, z = (torch.arange(n) for n in (5, 6, 7))
+    faces = [((g == 0) | (g == g.max())).int() for g in torch.meshgrid(x, y, z, indexing="ij")]
+    edge = (faces[0] + faces[1] + faces[2]) >= 2
+    assert int(edge.sum()) == 4 * (3 + 4 + 5) + 8  # 12 edges without their corners, plus 8 corners
+    assert torch.equal(repaired[:, :, ~edge], volume[:, :, ~edge])  # faces and interior untouched
+    assert torch.equal(repaired[:, :, 0, 0, 3], volume[:, :, 1, 1, 3])  # an edge along z
+    assert torch.equal(repaired[:, :, 4, 2, 6], volume[:, :, 3, 2, 5])  # an edge along y
+    assert torch.equal(repaired[:, :, 4, 5, 6], volume[:, :, 3, 4, 5])  # a corner
+    assert torch.equal(repair_box_edges(volume[:, :, :2]), volume[:, :, :2])  # too thin to have an inside

@@ -25,19 +25,24 @@ import numpy as np
 import torch
 
 from meddiff_cli.errors import ModelError
-from meddiff_cli.export.options import DEFAULT_OPSET, DEFAULT_PRECISION, TOLERANCE, check_precision, onnx_files
+from meddiff_cli.export.options import (
+    DEFAULT_OPSET, DEFAULT_PRECISION, GRAPH_REVISION, TOLERANCE, check_precision, onnx_files,
+)
 from meddiff_cli.fsutil import atomic_path, output_folder, sha256_file
 from meddiff_cli.model.card import CARD_FILE, ModelCard, latent_normalization
 from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport
 from meddiff_cli.model.registry import model_lock
-from meddiff_cli.model.store import load_model
+from meddiff_cli.model.store import AUTOENCODER_FILE, load_model
 from meddiff_cli.runtime.onnx import create_session
 
 ZERO_OUTPUT_THRESHOLD = 1e-6
 
 
 def has_onnx(card: ModelCard, folder: Path, precision: str) -> bool:
-    return all(name in card.files and (folder / name).is_file() for name in onnx_files(precision))
+    """Graphs of ``precision`` are on disk, and are current or cannot be exported again (an ONNX-only folder)."""
+    present = all(name in card.files and (folder / name).is_file() for name in onnx_files(precision))
+    current = card.sampling.get("onnx_graph_revision") == GRAPH_REVISION or AUTOENCODER_FILE not in card.files
+    return present and current
 
 
 @dataclass
@@ -123,6 +128,7 @@ def _export_locked(model_folder: Path, target: Path, precision: str, opset: int,
         card.files = {k: v for k, v in previous.items() if k.startswith("onnx/") and (target / k).is_file()}
         card.labels = {}  # the label decoder runs in PyTorch and is not copied: this folder cannot make pairs
     card.files.update(files)
+    card.sampling["onnx_graph_revision"] = GRAPH_REVISION
     card.save(target)
     return ExportResult(target, precision, files, errors, exporter, verified_on)
 

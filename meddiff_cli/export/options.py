@@ -9,6 +9,10 @@ DEFAULT_PRECISION = "fp32"
 TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2}
 """Largest relative error ||onnx - torch fp32|| / ||torch fp32|| an exported graph may have."""
 DEFAULT_OPSET = 18
+GRAPH_REVISION = 2
+"""What the exported graphs compute; recorded in the card (``sampling.onnx_graph_revision``) at export. Graphs of
+an older revision are exported again on first use where the weights are at hand. 2: the decoder repairs the
+volume box's edges (``repair_box_edges``)."""
 
 
 def check_precision(precision: str) -> str:

@@ -30,7 +30,8 @@ SAMPLING_CONVENTION: dict[str, Any] = {
     "time": "t runs from T (pure noise) down to 0 (data); Euler step x <- x + v * (t - t_next) / T "
             "(RFlowScheduler.set_timesteps + step)",
     "class_labels": "index of the modality in `modalities`",
-    "latent_scaling": "volume = clip(autoencoder.decode(latent / latent.scale + latent.shift), -1, 1), per channel",
+    "latent_scaling": "volume = repair_box_edges(clip(autoencoder.decode(latent / latent.scale + latent.shift), "
+                      "-1, 1)), per channel",
     "output_clip": [-1.0, 1.0],
     "default_steps": 30,
 }
