@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -72,9 +73,11 @@ class DenoiserForExport(torch.nn.Module):
         return self.unet(latent, timesteps=timestep, class_labels=class_id)
 
 
+@functools.lru_cache(maxsize=8)
 def box_edge_sources(shape: tuple[int, ...]) -> torch.Tensor:
     """Flat voxel index each voxel of a volume of ``shape`` takes its value from: itself, or, for a voxel on two or
-    three faces of the box (its 12 edges and 8 corners), the neighbour one step inwards along those axes."""
+    three faces of the box (its 12 edges and 8 corners), the neighbour one step inwards along those axes.
+    Cached per shape (one model decodes one shape); callers must not modify the returned tensor."""
     axes = [torch.arange(n) for n in shape]
     grids = torch.meshgrid(*axes, indexing="ij")
     on_edge = sum(((g == 0) | (g == n - 1)).int() for g, n in zip(grids, shape, strict=True)) >= 2
