@@ -38,7 +38,7 @@ def write_reconstructions(prep: Path, out: Path, modality: str, model: str, weig
     import torch
     from safetensors.torch import load_file
 
-    from meddiff_cli.model.networks import repair_box_edges
+    from meddiff_cli.model.networks import DecoderForExport
     from meddiff_cli.model.registry import resolve_model
     from meddiff_cli.model.store import load_model
     from meddiff_cli.sample.writers import to_physical
@@ -47,13 +47,14 @@ def write_reconstructions(prep: Path, out: Path, modality: str, model: str, weig
     if weights is not None:
         autoencoder.load_state_dict(load_file(str(weights)))
     autoencoder = autoencoder.float().eval()
+    channels = int(card.latent["channels"])
+    decoder = DecoderForExport(autoencoder, [0.0] * channels, [1.0] * channels).eval()  # raw latents: no normalisation
     for path in sorted((prep / "images").glob("*.nii.gz"))[:count]:
         image = nib.load(path)
         x = torch.from_numpy(np.asarray(image.dataobj, np.float32))[None, None]
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             mean, _ = autoencoder.encode(x)
-            decoded = autoencoder.decode(mean)
-        volume = repair_box_edges(decoded.float().clamp(-1.0, 1.0))[0, 0].numpy()
+            volume = decoder(mean).float()[0, 0].numpy()  # clipped, box edges repaired: what sampling writes
         physical = to_physical(volume, card.intensity[modality])
         array = np.round(physical).astype(np.int16) if modality == "ct" else physical.astype(np.float32)
         nib.save(nib.Nifti1Image(array, image.affine), out / path.name)
