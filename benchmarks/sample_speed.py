@@ -141,14 +141,23 @@ def per_step(args: argparse.Namespace, folder: Path, threads: int) -> None:
     flops = denoiser_flops(unet, card)
     norm = latent_normalization(card)
     auto = choose_runtime("auto", "auto", parse_device(args.device), True, set())
+    ort_cuda = cuda and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()
+    if cuda and not ort_cuda:
+        print("onnxruntime has no CUDA provider here (onnxruntime-gpu not installed): no ONNX Runtime rows",
+              file=sys.stderr)
     print(f"model {card.name}: latent {card.latent['channels']}x{'x'.join(map(str, card.latent['shape']))}, volume "
           f"{'x'.join(map(str, card.volume['shape']))}, denoiser {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} "
           f"M params, {flops / 1e9:.3f} GFLOP/step/volume; torch {torch.__version__}, {threads} threads; "
           f"auto picks {auto.backend} {auto.precision}", file=sys.stderr)
-    rows, reference = [], {}
+    columns = ["backend", "provider", "precision", "batch", "ms / denoiser step", "ms / step / volume",
+               "volumes/s sample+decode", "denoiser TFLOP/s", "mean / max diff vs torch fp32"]
+    columns += ["% of peak"] if args.peak_tflops else []
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns), flush=True)
+    reference = {}
     for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:  # fp32 torch first: the reference
         candidates = [("torch eager", lambda p=precision: TorchBackend(autoencoder, unet, norm, args.device, p))]
-        if precision != "bf16":  # ONNX Runtime has no bf16 convolutions on CPU
+        if precision != "bf16" and (ort_cuda or not cuda):  # ONNX Runtime has no bf16 convolutions on CPU
             ensure_onnx(folder, precision)
             candidates.append(("onnx", lambda p=precision: OnnxBackend(
                 *(folder / f for f in onnx_files(p)), args.device, p, threads)))
@@ -162,17 +171,12 @@ def per_step(args: argparse.Namespace, folder: Path, threads: int) -> None:
                     reference[batch] = volumes
                 mean, peak = difference(volumes, reference[batch])
                 picked = (label.split()[0], precision) == (auto.backend, auto.precision)
-                rows.append((label + (" (auto)" if picked else ""), backend.provider, backend.precision_label, batch,
-                             step_ms, volumes_per_s, flops * batch / (step_ms / 1000.0) / 1e12, mean, peak))
-    columns = ["backend", "provider", "precision", "batch", "ms / denoiser step", "ms / step / volume",
-               "volumes/s sample+decode", "denoiser TFLOP/s", "mean / max diff vs torch fp32"]
-    columns += ["% of peak"] if args.peak_tflops else []
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for label, provider, precision, batch, step_ms, volumes_per_s, tflops, mean, peak in rows:
-        line = (f"| {label} | {provider} | {precision} | {batch} | {step_ms:.1f} | {step_ms / batch:.1f} | "
-                f"{volumes_per_s:.3f} | {tflops:.4f} | {mean:.1e} / {peak:.1e} |")
-        print(line + (f" {100.0 * tflops / args.peak_tflops:.2f} |" if args.peak_tflops else ""))
+                tflops = flops * batch / (step_ms / 1000.0) / 1e12
+                line = (f"| {label}{' (auto)' if picked else ''} | {backend.provider} | {backend.precision_label} | "
+                        f"{batch} | {step_ms:.1f} | {step_ms / batch:.1f} | {volumes_per_s:.3f} | {tflops:.4f} | "
+                        f"{mean:.1e} / {peak:.1e} |")
+                # each row as soon as it is measured: a run cut short by a time limit keeps what it measured
+                print(line + (f" {100.0 * tflops / args.peak_tflops:.2f} |" if args.peak_tflops else ""), flush=True)
     print(f"({args.steps} Euler steps + decode per volumes/s figure; step time = mean of {args.repeats} calls after 2 "
           f"warm-ups; bounds {PARITY_BOUNDS})")
 

@@ -19,6 +19,7 @@
 # Continue a run (same OUT): the script resumes from $MEDDIFF_HOME/models/default's checkpoint; DIFF_STEPS is
 # passed on every call, so rerunning with a larger DIFF_STEPS extends the cosine schedule of a finished run.
 # The 128^3 GPU model: PRESET=small SIZE=128 CT_SPACING=3 MRI_SPACING=1.5 DEVICE=cuda AE_FROM= (train stage 1 too).
+# v3 for one short GPU lease (both stages from scratch, step counts fitted to the time): scripts/train_default_gpu.sh.
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.

@@ -91,3 +91,18 @@ def test_a_short_flag_means_the_same_option_everywhere():
                 meaning.setdefault(short, set()).update(longs)
     assert all(len(longs) == 1 for longs in meaning.values()), meaning
     assert meaning["-m"] == {"--modality"} and meaning["-n"] == {"--count"} and meaning["-o"] == {"--out"}
+
+
+def test_reading_nifti_cases_does_not_import_simpleitk(tmp_path):
+    """SimpleITK (~50 MB, imported on first use by meddiff_cli.io.itk) is needed only for NRRD/MetaImage files."""
+    code = """
+import json, sys
+import numpy as np
+from meddiff_cli.io import Volume, discover_cases, read_case, write_nifti
+write_nifti(Volume(np.zeros((4, 5, 6), np.float32), np.eye(4), "ct", {}), sys.argv[1] + "/a.nii.gz")
+volume = read_case(discover_cases([sys.argv[1]])[0])
+print(json.dumps({"shape": list(volume.array.shape), "sitk": "SimpleITK" in sys.modules}))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"shape": [4, 5, 6], "sitk": False}

@@ -15,6 +15,7 @@ import torch
 from meddiff_cli.cli.app import main
 from meddiff_cli.errors import ExitCode
 from meddiff_cli.io import Volume, write_nifti
+from meddiff_cli.train.autoencoder import discriminator_input
 from meddiff_cli.train.checkpoint import (
     CHECKPOINT_DIR, flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer,
 )
@@ -105,7 +106,8 @@ def test_cli_json_summary_and_usage_errors(data, tmp_path, monkeypatch, capsys):
     assert card["training"]["config"]["ema_decay"] == 0.9 and card["training"]["batch_size"] == 1
 
     for bad, expected in ((["--set", "train.nonsense=1"], "unknown setting"), (["--stage", "both"], "--stage"),
-                          (["--name", "../x"], "--name"), (["--device", "tpu"], "--device")):
+                          (["--name", "../x"], "--name"), (["--device", "tpu"], "--device"),
+                          (["--set", "train.adv_input=clamp"], "train.adv_input")):
         code, out, err = run_cli(monkeypatch, capsys, str(data), "--name", "other", "--cache-dir", cache,
                                  "--device", "cpu", *bad)
         assert code in (ExitCode.USAGE, ExitCode.DEVICE) and expected in err and out == "", err
@@ -142,6 +144,21 @@ def test_schedules():
     assert lr(60) == pytest.approx(0.5) and lr(110) == pytest.approx(0.0)
     config = {"adv_warmup_steps": 5, "adv_ramp_steps": 4, "adv_weight": 0.02}
     assert [adversarial_weight(s, config) for s in (4, 5, 6, 8, 100)] == pytest.approx([0, 0.005, 0.01, 0.02, 0.02])
+
+
+def test_discriminator_input_judges_the_written_volume():
+    """raw: as decoded; clip: the [-1, 1] volume samplers write, no gradient where clipped; clip-st: the same
+    values with the gradient passed straight through (so clipped air still learns)."""
+    expected_grad = {"raw": [1, 1, 1, 1], "clip": [0, 1, 1, 0], "clip-st": [1, 1, 1, 1]}
+    for mode, grad in expected_grad.items():
+        decoded = torch.tensor([-1.5, -0.5, 0.5, 1.2], requires_grad=True)
+        shown = discriminator_input(decoded, mode)
+        values = [-1.5, -0.5, 0.5, 1.2] if mode == "raw" else [-1.0, -0.5, 0.5, 1.0]
+        assert shown.detach().tolist() == pytest.approx(values), mode
+        shown.sum().backward()
+        assert decoded.grad.tolist() == grad, mode
+    with pytest.raises(ValueError, match="adv_input"):
+        discriminator_input(torch.zeros(1), "clamp")
 
 
 def test_ema_matches_reference_formula():

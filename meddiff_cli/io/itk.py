@@ -1,7 +1,8 @@
 """NRRD / MetaImage (.mha, .mhd) via SimpleITK. ITK geometry is LPS+; converted to RAS+ here.
 
 ``read_with_simpleitk`` is also the independent reference reader the tests compare our own
-NIfTI and DICOM readers against.
+NIfTI and DICOM readers against. SimpleITK (~0.3 s, 50 MB) is imported when an ITK file is first read or
+written, not with this module: finding cases, and NIfTI/DICOM pipelines, never pay for it.
 """
 
 from __future__ import annotations
@@ -12,20 +13,31 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from meddiff_cli.errors import BadInputError, InputNotFoundError
 from meddiff_cli.fsutil import TMP_PREFIX, atomic_path
 from meddiff_cli.io.limits import check_affine, check_finite, check_voxel_count
 from meddiff_cli.io.volume import LPS_TO_RAS, Volume
 
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
-# ITK prints reader warnings straight to stderr from C++; failures still raise, and we report those in one line.
-sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+@cache
+def _sitk() -> Any:
+    """SimpleITK, imported on first use."""
+    import SimpleITK
+
+    # ITK prints reader warnings straight to stderr from C++; failures still raise, and we report those in one line.
+    SimpleITK.ProcessObject.SetGlobalWarningDisplay(False)
+    return SimpleITK
 
 
 def is_itk(path: str | Path) -> bool:
@@ -66,6 +78,7 @@ def _image_to_volume(image: sitk.Image, path: Path, modality: str, source_format
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise BadInputError(f"{image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar volume", path)
     size = image.GetSize()
+    sitk = _sitk()
     if image.GetDimension() == 4 and size[3] == 1:
         image = image[:, :, :, 0]
     elif image.GetDimension() == 2:
@@ -85,7 +98,7 @@ def read_itk(path: str | Path, modality: str = "unknown") -> Volume:
     if not path.exists():
         raise InputNotFoundError("no such file", path)
     _check_text_header(path)
-    reader = sitk.ImageFileReader()
+    reader = _sitk().ImageFileReader()
     reader.SetFileName(str(path))
     try:
         with _native_stderr_silenced():
@@ -166,7 +179,7 @@ def volume_to_image(volume: Volume) -> sitk.Image:
     direction = affine[:3, :3] / spacing
     if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:
         raise ValueError("ITK images cannot store a sheared (non-orthogonal) affine")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
+    image = _sitk().GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(v) for v in affine[:3, 3]])
     image.SetDirection([float(v) for v in direction.ravel()])
@@ -178,7 +191,7 @@ def write_itk(volume: Volume, path: str | Path) -> Path:
     path = Path(path)
     if not is_itk(path):
         raise ValueError(f"not an ITK file name (.nrrd, .mha, .mhd): {path}")
-    image = volume_to_image(volume)
+    image, sitk = volume_to_image(volume), _sitk()
     if path.suffix.lower() == ".mhd":
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=path.parent))
@@ -199,7 +212,7 @@ def read_with_simpleitk(path: str | Path) -> Volume:
 
     Used by tests to check our readers against an independent implementation.
     """
-    path = Path(path)
+    path, sitk = Path(path), _sitk()
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         names = reader.GetGDCMSeriesFileNames(str(path))

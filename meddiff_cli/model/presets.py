@@ -17,6 +17,7 @@ _COMMON_TRAIN: dict[str, Any] = {
     "flip_lr": False,  # random left-right flips change laterality (heart, liver): opt in for symmetric anatomy
     "val_fraction": 0.1,  # of each modality's cases, at least 1 held out for validation
     "ae_patch_size": 0,  # >0: the autoencoder trains on random cubic crops of this side (it is fully convolutional)
+    "adv_input": "clip-st",  # what the patch discriminator sees of a reconstruction: raw | clip | clip-st
     "preview_sampling_steps": 10,  # Euler steps for the decoded-sample preview PNGs
     "mixed_precision": "auto",  # auto: bf16 autocast on bf16-capable GPUs and on CPUs with AMX/AVX512-BF16; or bf16/none
     "latent_norm": "channel",  # channel: standardise each latent channel (shift + scale); global: one scale factor

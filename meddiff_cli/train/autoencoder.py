@@ -16,10 +16,29 @@ from meddiff_cli.model.networks import build_autoencoder, build_denoiser
 from meddiff_cli.model.store import save_model
 from meddiff_cli.train.checkpoint import restore_training_state, save_training_state
 from meddiff_cli.train.loop import make_optimizer, optimizer_step, run_steps
+from meddiff_cli.train.options import ADV_INPUTS
 from meddiff_cli.train.schedules import adversarial_weight, set_lr
 from meddiff_cli.train.setup import TrainRun
 
 STAGE = "autoencoder"
+
+
+def discriminator_input(decoded: torch.Tensor, mode: str) -> torch.Tensor:
+    """What the discriminator sees of a decoded batch: ``raw`` the decoder's output; ``clip`` the [-1, 1]-clipped
+    volume samplers write (no generator gradient where the clip is active); ``clip-st`` the clipped volume with the
+    gradient passed straight through the clip.
+
+    Why a choice: CT air is clipped at -1000 HU in real volumes, so raw air below -1 reads as fake and the GAN lifts
+    it; the clipped variants judge the written volume instead. Measured in docs/model.md ("A stronger patch GAN on
+    the decoder"): at weight 0.03-0.1 every variant lowered the MRI floor; raw and plain clip moved the CT air level
+    (too bright, too flat), clip-st held it. Cards written before ``adv_input`` existed trained with ``raw``.
+    """
+    if mode not in ADV_INPUTS:
+        raise ValueError(f"adv_input {mode!r}: choose {', '.join(ADV_INPUTS)}")
+    if mode == "raw":
+        return decoded
+    clipped = decoded.clamp(-1.0, 1.0)
+    return clipped if mode == "clip" else decoded + (clipped - decoded).detach()
 
 
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -48,6 +67,7 @@ def train_autoencoder(run: TrainRun, total: int) -> int:
     if start >= total:
         run.reporter.message(f"autoencoder already trained for {start} steps")
         return 0
+    adv_input = str(config.get("adv_input", "raw"))  # validated by setup.prepare
     validation = run.validation_volumes() if run.dist.is_main else []
     untrained_denoiser = build_denoiser(card)  # keeps the model folder loadable before stage 2 runs
     began = time.monotonic()
@@ -60,10 +80,11 @@ def train_autoencoder(run: TrainRun, total: int) -> int:
         l1 = F.l1_loss(reconstruction, images)
         generator_loss = l1 + float(config["kl_weight"]) * kl_divergence(z_mu, z_sigma)
         weight = adversarial_weight(step, config)
+        shown = discriminator_input(reconstruction, adv_input)
         if weight > 0:  # the discriminator runs in fp32, outside autocast, and is frozen for this pass
             discriminator.requires_grad_(False)
             generator_loss = generator_loss + weight * adversarial(
-                discriminator(reconstruction)[-1], target_is_real=True, for_discriminator=False)
+                discriminator(shown)[-1], target_is_real=True, for_discriminator=False)
             discriminator.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         generator_loss.backward()
@@ -71,7 +92,7 @@ def train_autoencoder(run: TrainRun, total: int) -> int:
             skipped["autoencoder"] += 1
         losses = {"l1": float(l1.detach()), "loss": float(generator_loss.detach())}
         if step >= int(config["adv_warmup_steps"]) and config["adv_weight"] > 0:
-            fake = discriminator(reconstruction.detach())[-1]
+            fake = discriminator(shown.detach())[-1]
             real = discriminator(images)[-1]
             disc_loss = 0.5 * (adversarial(fake, target_is_real=False, for_discriminator=True)
                                + adversarial(real, target_is_real=True, for_discriminator=True))

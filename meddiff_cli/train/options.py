@@ -11,6 +11,7 @@ from meddiff_cli.model.card import ModelCard
 STAGES = ("autoencoder", "diffusion")
 LABEL_STAGE = "labels"  # optional, after the denoiser: the label decoder (image + label pairs)
 STAGE_CHOICES = (*STAGES, "all", LABEL_STAGE)  # all: the autoencoder, then the denoiser
+ADV_INPUTS = ("raw", "clip", "clip-st")  # train.adv_input: see train.autoencoder.discriminator_input
 
 
 @dataclass

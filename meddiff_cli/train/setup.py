@@ -27,7 +27,7 @@ from meddiff_cli.paths import models_dir
 from meddiff_cli.train import distributed as ddp
 from meddiff_cli.train.checkpoint import Checkpoint, load_checkpoint
 from meddiff_cli.train.data import TrainingData, load_training_data, read_case
-from meddiff_cli.train.options import STAGE_CHOICES, Reporter, TrainOptions
+from meddiff_cli.train.options import ADV_INPUTS, STAGE_CHOICES, Reporter, TrainOptions
 
 MAX_VAL_CASES = 32
 
@@ -183,6 +183,8 @@ def prepare(options: TrainOptions, reporter: Reporter) -> TrainRun:
         card = new_card(options, data, preset)
         config = preset["train"]
         card.training["seed"] = options.seed
+    if str(config.get("adv_input", "raw")) not in ADV_INPUTS:
+        raise UsageError(f"train.adv_input {config['adv_input']!r}: choose {', '.join(ADV_INPUTS)}")
     for key in ("batch_size", "val_every", "preview_every", "checkpoint_every"):
         if int(config[key]) < 1:
             raise UsageError(f"{key.replace('_', '-')} must be at least 1")
