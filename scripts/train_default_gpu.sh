@@ -4,6 +4,7 @@
 #
 #   OUT=build/gpu scripts/train_default_gpu.sh          # on the GPU machine; then, back on a CPU:
 #   python scripts/bundle_model.py build/gpu/home/models/gpu64 meddiff_cli/bundled/default
+#   python scripts/fit_intensity_calibration.py meddiff_cli/bundled/default PREP_CT --modality ct --count 100
 #   OUT=build/bench benchmarks/quality_default.sh       # the quality table; bundle only if it beats the old one
 #
 # Why a GPU recipe at 64^3 and the compact preset: the CPU recipe (scripts/train_default.sh) spent 1.5 CPU-hours
@@ -60,7 +61,7 @@ say "stage-1 data ready ($COUNT_AE per modality)"
 wait "$bench_job"; say "sampler table done (exit $?)"
 
 ae_steps=$(python3 scripts/steps_for_budget.py --stage autoencoder --preset compact --size 64 --patch-size 0 \
-  --batch-size "$AE_BATCH" --seconds "$AE_S" --device "$DEVICE" 2>> "$log") || { say "calibration failed"; exit 1; }
+  --batch-size "$AE_BATCH" --seconds "$AE_S" --device "$DEVICE" 2>> "$log") || { say "step-count measurement failed"; exit 1; }
 pool ct "$COUNT" 2>> "$log" & ct_job=$!
 pool mri "$COUNT" 2>> "$log" & mri_job=$!
 say "stage 1: $ae_steps steps"
@@ -77,7 +78,7 @@ say "stage-2 data: $(ls "$OUT/prep_ct/images" | wc -l) ct, $(ls "$OUT/prep_mri/i
 
 left=$(( TOTAL_S - ($(date +%s) - began) - 45 ))   # 45 s for the copies and the end-to-end timing
 diff_steps=$(python3 scripts/steps_for_budget.py --stage diffusion --preset compact --size 64 \
-  --batch-size "$DIFF_BATCH" --seconds "$left" --fraction 0.75 --device "$DEVICE" 2>> "$log") || { say "calibration failed"; exit 1; }
+  --batch-size "$DIFF_BATCH" --seconds "$left" --fraction 0.75 --device "$DEVICE" 2>> "$log") || { say "step-count measurement failed"; exit 1; }
 say "stage 2: $diff_steps steps in ~$left s"
 timeout -s TERM $(( left + 10 )) python3 -m meddiff_cli train "$OUT/prep_ct" "$OUT/prep_mri" --name "$NAME" \
   --stage diffusion --device "$DEVICE" --workers 3 --diffusion-steps "$diff_steps" --json \

@@ -64,7 +64,8 @@ def test_identical_set_is_close_and_blurred_set_is_far(phantom_sets, tmp_path): 
 @pytest.mark.slow
 def test_bundled_model_samples_read_far_on_the_models_own_grid(tmp_path):
     """Today's bundled default model against held-out CT phantoms, no grid options: the 6 mm grid of its sample
-    manifest is used, nothing is cropped (the phantoms' 380 mm fit in 384 mm) and the verdict says far."""
+    manifest is used, nothing is cropped (the phantoms' 380 mm fit in 384 mm) and the verdict is not "close"
+    (4 samples against 8 phantoms: "different" or "far"; at 100 against 100 the ratio is 10.9x, README)."""
     from meddiff_cli.model.registry import BUNDLED_DIR
     from meddiff_cli.phantom import write_phantom_corpus
     from meddiff_cli.sample import SampleOptions, sample_volumes
@@ -79,5 +80,6 @@ def test_bundled_model_samples_read_far_on_the_models_own_grid(tmp_path):
     assert (grid["size"], grid["spacing_mm"]) == ([64, 64, 64], [6.0, 6.0, 6.0]) and "sample manifest" in grid["reason"]
     assert summary["warnings"] == [] and grid["crop"]["real"]["max_fraction"] == 0.0
     verdict = summary["verdict"]
-    assert verdict["overall"] == "far" and verdict["line"].startswith("far from real: ")
-    assert verdict["metrics"]["frechet_distance"]["ratio"] > 1.5, verdict["line"]  # far from real-vs-real
+    assert verdict["overall"] in ("different", "far"), verdict["line"]
+    assert verdict["line"].startswith(("noticeably different from real: ", "far from real: "))
+    assert verdict["metrics"]["frechet_distance"]["ratio"] > 1.5, verdict["line"]  # not close to real-vs-real

@@ -144,6 +144,11 @@ def test_cached_copy_of_an_older_bundle_is_replaced_but_a_users_model_is_not(iso
     card_file.write_text(json.dumps(card))
     assert resolve_model("default") == folder
     assert ModelCard.load(folder).files == ModelCard.load(BUNDLED_DIR / "default").files
+    card = json.loads(card_file.read_text())
+    card["intensity"]["ct"]["calibration"] = {"decoded": [-1.0, 1.0], "real": [-1.0, 0.9]}  # an older calibration
+    card_file.write_text(json.dumps(card))
+    resolve_model("default")
+    assert ModelCard.load(folder).intensity == ModelCard.load(BUNDLED_DIR / "default").intensity
 
     card = json.loads(card_file.read_text())
     del card["training"]["bundled_weights_dtype"]  # now it is the user's own model called "default"

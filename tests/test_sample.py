@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import save_random_tiny_model
-from meddiff_cli.errors import ModelError
+from meddiff_cli.errors import ModelError, UsageError
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.scheduler import build_scheduler, sample_latents
 from meddiff_cli.model.store import load_model
@@ -300,3 +300,30 @@ def test_overwrite_never_deletes_a_folder_meddiff_did_not_write(tiny_model, tmp_
     code, _, err = run_meddiff(*args, "--seed", "6", "--overwrite")
     assert code == 2 and "did not write" in _flat(err)
     assert (series / "notes.txt").read_text() == "mine" and len(list(series.iterdir())) == len(first) + 1
+
+
+def test_intensity_calibration_maps_decoded_voxels_and_is_part_of_the_run_identity(tiny_model, tmp_path, run_meddiff):
+    """A card's calibration is np.interp over its knots, applied in model space to every decoded voxel; runs
+    with and without it never share an output folder; a non-monotone one is refused before any denoising."""
+    _sample(tmp_path / "plain", count=2, backend="torch", precision="fp32")
+    card = ModelCard.load(tiny_model)
+    low, high = card.intensity["ct"]["window"]
+    knots = {"decoded": [-1.0, -0.2, 1.0], "real": [-1.0, -0.8, 0.5]}
+    card.intensity["ct"]["calibration"] = knots
+    card.save(tiny_model)
+    _sample(tmp_path / "calibrated", count=2, backend="torch", precision="fp32")
+    plain, calibrated = _arrays(tmp_path / "plain"), _arrays(tmp_path / "calibrated")
+    for index in plain:
+        model_space = (plain[index] - low) / (high - low) * 2.0 - 1.0
+        expected = low + (np.interp(model_space, knots["decoded"], knots["real"]) + 1.0) / 2.0 * (high - low)
+        np.testing.assert_allclose(calibrated[index], expected, atol=1.0)  # HU
+        assert np.abs(calibrated[index] - plain[index]).max() > 50.0  # the map did change the volume
+    with pytest.raises(UsageError, match="model_sha256"):  # the uncalibrated run's folder is not resumed
+        _sample(tmp_path / "plain", count=2, backend="torch", precision="fp32")
+
+    card.intensity["ct"]["calibration"] = {"decoded": [-1.0, 0.5, 0.2, 1.0], "real": [-1.0, 0.0, 0.1, 1.0]}
+    card.save(tiny_model)
+    code, _, err = run_meddiff("sample", "--modality", "ct", "--count", "1", "--out", tmp_path / "bad", "--model",
+                               "tiny", "--backend", "torch", "--device", "cpu", "-q")
+    assert code == 6 and "calibration must be monotone" in _flat(err) and "model.json" in _flat(err)
+    assert not (tmp_path / "bad").exists()

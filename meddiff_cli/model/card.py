@@ -34,6 +34,29 @@ def latent_normalization(card: ModelCard) -> tuple[list[float], list[float]]:
                      "run `meddiff train` through the diffusion stage first")
 
 
+def intensity_calibration(mapping: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """``(decoded, real)`` knots of a modality's intensity calibration, or None when it has none.
+
+    Sampling maps each decoded voxel ``v`` (model space, after clipping) to ``np.interp(v, decoded, real)``:
+    quantile mapping of the decoder's output onto real intensities, fitted on training cases
+    (``scripts/fit_intensity_calibration.py``; why: docs/model.md). Knots must rise strictly, targets must not
+    fall, and both stay in [-1, 1]; a card breaking that fails here, before any denoising."""
+    calibration = mapping.get("calibration")
+    if calibration is None:
+        return None
+    try:
+        decoded = [float(v) for v in calibration["decoded"]]
+        real = [float(v) for v in calibration["real"]]
+    except (KeyError, TypeError, ValueError):
+        raise ModelError("intensity calibration needs two lists of numbers, 'decoded' and 'real'") from None
+    if len(decoded) != len(real) or len(decoded) < 2:
+        raise ModelError("intensity calibration: 'decoded' and 'real' need the same length, at least 2")
+    rising = all(b > a for a, b in zip(decoded, decoded[1:])) and all(b >= a for a, b in zip(real, real[1:]))
+    if not rising or min(decoded + real) < -1.0 or max(decoded + real) > 1.0:
+        raise ModelError("intensity calibration must be monotone and within [-1, 1]")
+    return decoded, real
+
+
 @dataclass
 class ModelCard:
     """Everything about a trained model except its weights.
@@ -44,7 +67,8 @@ class ModelCard:
       (one network serves a chest CT at 6 mm and a brain MRI at 3.5 mm: same grid, different field of view).
     * ``intensity``: per modality, how model space [-1, 1] maps back to physical units, e.g.
       ``{"ct": {"kind": "ct_window", "window": [-1000, 1000], "unit": "HU"}}`` or
-      ``{"mri": {"kind": "percentile", "unit": "a.u.", "output_range": [0, 1000]}}``.
+      ``{"mri": {"kind": "percentile", "unit": "a.u.", "output_range": [0, 1000]}}``; optionally a
+      ``"calibration"`` applied to decoded volumes first (:func:`intensity_calibration`).
     * ``autoencoder`` / ``denoiser``: keyword arguments of the MONAI networks (see networks.py).
     * ``objective``: ``"rectified_flow"`` (velocity prediction, Euler sampling); ``scheduler`` its settings.
     * ``latent``: ``{"channels": C, "shape": [x, y, z], "shift": [C], "scale": [C]}`` — the denoiser works on

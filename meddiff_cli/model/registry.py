@@ -77,9 +77,10 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
 
 
 def _stale_bundle_copy(folder: Path, bundled: Path) -> bool:
-    """True for a cache copy of a bundled model whose weights are not the installed package's: an upgrade of
-    meddiff brought new bundled weights. Only copies meddiff made from its bundle (their card records the
-    bundled weights' dtype) are ever replaced; a model the user trained or imported under that name is kept."""
+    """True for a cache copy of a bundled model whose weights or intensity mapping (its calibration included) are
+    not the installed package's: an upgrade of meddiff brought a new bundled model. Only copies meddiff made from
+    its bundle (their card records the bundled weights' dtype) are ever replaced; a model the user trained or
+    imported under that name is kept."""
     if not (bundled / CARD_FILE).is_file():
         return False
     try:
@@ -90,7 +91,8 @@ def _stale_bundle_copy(folder: Path, bundled: Path) -> bool:
         return False
     if any(name not in shipped.files and not name.startswith("onnx/") for name in cached.files):
         return False  # it gained weights of its own (e.g. a label decoder trained on the copy): the user's now
-    return any(cached.files.get(name) != sha for name, sha in shipped.files.items())
+    return cached.intensity != shipped.intensity or any(cached.files.get(name) != sha
+                                                        for name, sha in shipped.files.items())
 
 
 @contextmanager

@@ -50,6 +50,9 @@ def model_identity(card: ModelCard, used_files: tuple[str, ...]) -> str:
     if not names:
         raise ModelError(f"model card lists none of {', '.join(used_files)}; nothing to sample with")
     text = "".join(f"{name}\0{card.files[name]}\n" for name in sorted(names))
+    calibrations = {m: v["calibration"] for m, v in sorted(card.intensity.items()) if v.get("calibration")}
+    if calibrations:  # calibrated volumes never mix with uncalibrated ones (an uncalibrated identity is unchanged)
+        text += json.dumps(calibrations, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

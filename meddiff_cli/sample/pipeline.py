@@ -22,7 +22,7 @@ from meddiff_cli.errors import ModelError
 from meddiff_cli.fsutil import TMP_PREFIX, FolderLock, output_folder, remove_stale_temps
 from meddiff_cli.io.preview import PREVIEW_DIR, save_preview
 from meddiff_cli.io.volume import Volume
-from meddiff_cli.model.card import ModelCard, latent_normalization
+from meddiff_cli.model.card import CARD_FILE, ModelCard, intensity_calibration, latent_normalization
 from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
 from meddiff_cli.model.registry import resolve_model
 from meddiff_cli.model.store import load_label_map
@@ -67,6 +67,10 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
     if mapping is None:
         raise ModelError(f"model card has no intensity mapping for {options.modality!r}", folder)
     to_physical(np.zeros(1, dtype=np.float32), mapping)  # an unusable mapping fails now, not after denoising
+    try:
+        calibration = intensity_calibration(mapping)
+    except ModelError as error:
+        raise ModelError(f"{options.modality}: {error.message}", folder / CARD_FILE) from None
     out = output_folder(options.out)
     options, choice = resolve_runtime(options, card, folder, out)
 
@@ -117,6 +121,8 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
                     latents = sample_latents(backend.denoise, scheduler, noise.to(backend.torch_device), classes,
                                              options.steps, options.sampler, progress.step)
                     decoded = backend.decode(latents, volume_shape).clamp(-1.0, 1.0).cpu().numpy()
+                    if calibration is not None:
+                        decoded = np.interp(decoded, *calibration).astype(np.float32)
                     label_maps = label_map(latents, classes).numpy() if label_map is not None else None
                 except Exception as error:
                     if not is_out_of_memory(error):
