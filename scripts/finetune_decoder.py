@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from meddiff_cli.fsutil import atomic_path, atomic_write_json
 from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.networks import downsample_factor
-from meddiff_cli.model.scheduler import build_scheduler, sample_latents
+from meddiff_cli.model.scheduler import build_scheduler, default_steps, sample_latents
 from meddiff_cli.model.store import AUTOENCODER_FILE, load_model, load_state_dict, save_model
 from meddiff_cli.sample.seeds import initial_noise
 from meddiff_cli.train.autoencoder import discriminator_input
@@ -208,7 +208,7 @@ def sampled_latents(card: ModelCard, denoiser: torch.nn.Module, count: int, work
     shape = (int(card.latent["channels"]), *card.latent["shape"])
     shift, scale = (torch.tensor(v).view(1, -1, 1, 1, 1) for v in latent_normalization(card))
     scheduler = build_scheduler(card)
-    steps = int(card.sampling.get("default_steps", 30))
+    steps = default_steps(card)
 
     def denoise(latent: torch.Tensor, timesteps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
