@@ -43,7 +43,7 @@ def write_reconstructions(prep: Path, out: Path, modality: str, model: str, weig
     from meddiff_cli.model.store import load_model
     from meddiff_cli.sample.writers import to_physical
 
-    card, autoencoder, _ = load_model(resolve_model(model, None))
+    card, autoencoder, _ = load_model(resolve_model(model, None), modality=modality)
     if weights is not None:
         autoencoder.load_state_dict(load_file(str(weights)))
     autoencoder = autoencoder.float().eval()

@@ -2,7 +2,8 @@
 
     python scripts/bundle_model.py ~/.cache/meddiff/models/default meddiff_cli/bundled/default
 
-Only the card and the sampling weight files (autoencoder, denoiser and, when trained, the label decoder) are
+Only the card and the sampling weight files (autoencoder, denoiser and, when trained, the label decoder and the
+modalities' own decoders) are
 bundled (no checkpoint, no ONNX: `meddiff sample` copies the bundled model into the user cache on first use,
 verifies its sha256 and exports ONNX there). A file that is already fp16 (a model continued from the bundled
 one) is copied byte for byte, so its sha256 — and every sampling run's model identity — stays the same.
@@ -19,7 +20,7 @@ import torch
 from meddiff_cli.fsutil import sha256_file
 from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.labels import LABEL_DECODER_FILE
-from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, load_state_dict, save_state_dict
+from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE, decoder_file, load_state_dict, save_state_dict
 from meddiff_cli.model.registry import verify_model
 
 
@@ -38,7 +39,7 @@ def main() -> None:
         shutil.rmtree(args.target)
     args.target.mkdir(parents=True)
     files: dict[str, str] = {}
-    for name in (AUTOENCODER_FILE, DENOISER_FILE, LABEL_DECODER_FILE):
+    for name in (AUTOENCODER_FILE, DENOISER_FILE, LABEL_DECODER_FILE, *map(decoder_file, card.modality_decoders)):
         if name not in card.files:
             continue
         state = load_state_dict(args.source / name, card.files.get(name))

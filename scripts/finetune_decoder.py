@@ -13,7 +13,13 @@ fell from 27.1 to 22.5 dB on whole CT volumes after 400 steps; tuned on whole vo
 
 Resumable: ``--work`` holds the state (weights, optimiser moments, step) as safetensors + JSON; rerunning the
 same command continues. ``--write MODEL_FOLDER`` puts the fine-tuned decoder into a model's autoencoder
-weights (the encoder's tensors must be identical to those the run started from).
+weights (the encoder's tensors must be identical to those the run started from); with ``--modality M`` it becomes
+M's own decoder instead (card ``modality_decoders``; the other modalities keep the shared one) — for a run
+tuned on M's data only:
+
+    python scripts/finetune_decoder.py MODEL prep_mri --work build/dec_mri --steps 1000 --adv-weight 0.05 \
+        --adv-start 100 --disc-input clip-st
+    python scripts/finetune_decoder.py MODEL --work build/dec_mri --write MODEL --modality mri
 """
 
 from __future__ import annotations
@@ -36,14 +42,13 @@ from meddiff_cli.fsutil import atomic_path, atomic_write_json
 from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.networks import downsample_factor
 from meddiff_cli.model.scheduler import build_scheduler, default_steps, sample_latents
-from meddiff_cli.model.store import AUTOENCODER_FILE, load_model, load_state_dict, save_model
+from meddiff_cli.model.store import (
+    AUTOENCODER_FILE, DECODER_PREFIXES, load_model, load_state_dict, save_model, save_modality_decoder,
+)
 from meddiff_cli.sample.seeds import initial_noise
 from meddiff_cli.train.autoencoder import discriminator_input
 from meddiff_cli.train.data import load_training_data, read_case
 from meddiff_cli.train.options import ADV_INPUTS
-
-DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
-
 
 def _flat_optimizer(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
     tensors = {}
@@ -85,11 +90,12 @@ def main() -> None:
     parser.add_argument("--sampled-per-step", type=int, default=1, help="generated latents per step's GAN batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", type=Path, default=None, help="write the decoder into this model folder and exit")
+    parser.add_argument("--modality", default=None, help="with --write: write it as this modality's own decoder")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     if args.write is not None:
-        _write(work, args.write)
+        _write(work, args.write, args.modality)
         return
 
     if not args.data:
@@ -117,7 +123,9 @@ def main() -> None:
         _load_optimizer(opt_g, optim, "g")
         _load_optimizer(opt_d, optim, "d")
     else:
-        atomic_write_json(work / "origin.json", {"model": str(args.model), "encoder_sha256": card.files[AUTOENCODER_FILE]})
+        settings = {k: v for k, v in vars(args).items() if k not in ("model", "data", "work", "write", "modality")}
+        atomic_write_json(work / "origin.json", {"model": str(args.model), "encoder_sha256": card.files[AUTOENCODER_FILE],
+                                                 "settings": settings})
 
     excluded: set[int] = set()
     if args.exclude:
@@ -257,8 +265,9 @@ def _save(work: Path, step: int, duration_s: float, autoencoder: torch.nn.Module
     atomic_write_json(work / "state.json", {"step": step, "duration_s": round(duration_s, 1)})
 
 
-def _write(work: Path, model: Path) -> None:
-    """Replace the decoder tensors of ``model``'s autoencoder with the fine-tuned ones (encoder unchanged)."""
+def _write(work: Path, model: Path, modality: str | None) -> None:
+    """Replace the decoder tensors of ``model``'s autoencoder with the fine-tuned ones (encoder unchanged), or
+    save them as ``modality``'s own decoder."""
     card, autoencoder, denoiser = load_model(model)
     tuned = load_file(str(work / "autoencoder.safetensors"))
     current = load_state_dict(model / AUTOENCODER_FILE, card.files[AUTOENCODER_FILE])
@@ -268,6 +277,14 @@ def _write(work: Path, model: Path) -> None:
     autoencoder.load_state_dict(tuned)
     state = json.loads((work / "state.json").read_text())
     steps = int(state["step"])
+    if modality is not None:
+        own = card.training.setdefault("modality_decoders", {})
+        own[modality] = {"steps": steps, "duration_s": float(state.get("duration_s", 0.0)),
+                         "settings": json.loads((work / "origin.json").read_text()).get("settings", {})}
+        save_modality_decoder(card, autoencoder.float(), modality, model)
+        ModelCard.load(model)
+        print(f"{model}: {modality}'s own decoder ({steps} fine-tuning steps) written", file=sys.stderr)
+        return
     # A run that continued an already fine-tuned decoder adds to what the origin model's card records.
     origin = ModelCard.load(Path(json.loads((work / "origin.json").read_text())["model"]))
     before = origin.training.get("decoder_finetune") or {"steps": 0, "duration_s": 0.0}

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--remove", action="store_true", help="remove the modality's calibration instead")
     args = parser.parse_args()
 
-    card, autoencoder, _ = load_model(args.model)
+    card, autoencoder, _ = load_model(args.model, modality=args.modality)  # its own decoder where it has one
     mapping = card.intensity.get(args.modality)
     if mapping is None:
         sys.exit(f"{args.model}: the model has no {args.modality!r} intensity mapping")

@@ -22,7 +22,7 @@ import torch
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.presets import preset_config
 from meddiff_cli.model.networks import build_denoiser
-from meddiff_cli.model.store import load_model, save_model
+from meddiff_cli.model.store import drop_modality_decoders, load_model, save_model
 from meddiff_cli.train.setup import apply_overrides
 
 
@@ -57,6 +57,7 @@ def main() -> None:
     card.latent = {"channels": card.latent["channels"], "shape": card.latent["shape"], "shift": None, "scale": None}
     card.scheduler["sample_method"] = preset["train"]["timestep_sampling"]
     card.metrics = {k: v for k, v in card.metrics.items() if k.startswith("autoencoder")}
+    drop_modality_decoders(card)  # not copied: the new model starts from the shared decoder
     card.files = {}
     card.training.update({
         "config": preset["train"], "seed": args.seed,

@@ -327,3 +327,71 @@ def test_intensity_calibration_maps_decoded_voxels_and_is_part_of_the_run_identi
                                "tiny", "--backend", "torch", "--device", "cpu", "-q")
     assert code == 6 and "calibration must be monotone" in _flat(err) and "model.json" in _flat(err)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_modality_decoder_of_its_own_decodes_that_modality_only_on_every_backend(tiny_model, tmp_path):
+    """With an MRI decoder of its own (card ``modality_decoders``), MRI volumes are that decoder's, on the torch
+    backend and on ONNX Runtime (its own graph, exported on first use); CT volumes and CT runs' identity stay as
+    they were, while an MRI run made before is not resumed with the new decoder."""
+    from meddiff_cli.export import graph_files
+    from meddiff_cli.model.store import DECODER_PREFIXES, decoder_file, save_modality_decoder
+
+    _sample(tmp_path / "ct", count=2, backend="torch", precision="fp32")
+    _sample(tmp_path / "mri_shared", modality="mri", count=2, backend="torch", precision="fp32")
+    card, autoencoder, _ = load_model(tiny_model)
+    shared = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, parameter in autoencoder.named_parameters():
+            if name.startswith(DECODER_PREFIXES):
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    save_modality_decoder(card, autoencoder, "mri", tiny_model)
+    assert ModelCard.load(tiny_model).modality_decoders == ["mri"]
+
+    tuned = load_model(tiny_model, modality="mri")[1].state_dict()
+    for key, value in load_model(tiny_model, modality="ct")[1].state_dict().items():
+        torch.testing.assert_close(value, shared[key], rtol=0, atol=0)  # CT: the shared autoencoder, untouched
+        changed = not torch.equal(tuned[key], value)
+        assert changed == key.startswith(DECODER_PREFIXES) or not value.is_floating_point()
+
+    ct_again = _sample(tmp_path / "ct", count=2, backend="torch", precision="fp32")
+    assert ct_again["skipped"] == 2 and ct_again["generated"] == 0  # same CT identity: the run is complete
+    with pytest.raises(UsageError, match="model_sha256"):  # MRI volumes of the shared decoder are another run
+        _sample(tmp_path / "mri_shared", modality="mri", count=2, backend="torch", precision="fp32")
+    _sample(tmp_path / "mri_torch", modality="mri", count=2, backend="torch", precision="fp32")
+    onnx = _sample(tmp_path / "mri_onnx", modality="mri", count=2, backend="onnx", precision="fp32")
+    assert onnx["exported_onnx"]  # the decoder_mri graph was missing: exported on first use
+    card = ModelCard.load(tiny_model)
+    assert "onnx/decoder_mri.fp32.onnx" in graph_files(card, "fp32") and set(graph_files(card, "fp32")) <= set(card.files)
+    manifest = json.loads((tmp_path / "mri_onnx" / "manifest.json").read_text())
+    assert "onnx/decoder_mri.fp32.onnx" in manifest["model"]["files"]
+    assert manifest["model"]["weights"][decoder_file("mri")] == card.files[decoder_file("mri")]
+    shared_mri, own_torch, own_onnx = (_arrays(tmp_path / d, "mri") for d in ("mri_shared", "mri_torch", "mri_onnx"))
+    for index in own_torch:
+        scale = np.abs(own_torch[index]).max()
+        assert np.abs(own_torch[index] - shared_mri[index]).max() > 0.05 * scale  # the own decoder made these
+        np.testing.assert_allclose(own_onnx[index], own_torch[index], atol=2e-3 * scale)
+
+
+def test_a_modality_decoder_file_must_be_listed_and_hold_exactly_the_decoder(tiny_model):
+    from meddiff_cli.fsutil import sha256_file
+    from meddiff_cli.model.store import decoder_file, save_modality_decoder, save_state_dict
+
+    card, autoencoder, _ = load_model(tiny_model)
+    path = save_modality_decoder(card, autoencoder, "mri", tiny_model)
+    state = load_model(tiny_model)[1].state_dict()
+    save_state_dict({"encoder.extra": torch.zeros(1), **{k: v for k, v in state.items() if k.startswith("decoder.")}},
+                    path)
+    card.files[decoder_file("mri")] = sha256_file(path)
+    card.save(tiny_model)
+    with pytest.raises(ModelError, match="decoder_mri.safetensors"):
+        load_model(tiny_model, modality="mri")
+    load_model(tiny_model, modality="ct")  # CT never reads it
+    card.files.pop(decoder_file("mri"))
+    card.save(tiny_model)
+    with pytest.raises(ModelError, match="not listed"):
+        load_model(tiny_model, modality="mri")
+    data = card.to_dict()
+    data["modality_decoders"] = ["../ct"]
+    with pytest.raises(ModelError, match="modality_decoders"):
+        ModelCard.from_dict(data)

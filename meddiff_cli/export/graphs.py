@@ -5,7 +5,8 @@ Graphs (opset 18 by default, dynamic batch axis):
 * ``onnx/denoiser.<prec>.onnx``: ``latent`` [B, C, x, y, z] (float32 or float16), ``timestep`` [B] float32,
   ``class_id`` [B] int64 → ``velocity`` [B, C, x, y, z].
 * ``onnx/decoder.<prec>.onnx``: ``latent`` [B, C, x, y, z] (scaled latent) → ``volume`` [B, 1, X, Y, Z]
-  in model intensity space.
+  in model intensity space; ``onnx/decoder_<modality>.<prec>.onnx`` the same for each modality with a decoder of
+  its own (card ``modality_decoders``).
 
 fp16 graphs are exported from a ``.half()`` torch model (onnxconverter-common's conversion produced graphs
 that failed to load) and verified against the fp32 torch model, i.e. the error reported is the real cost
@@ -38,9 +39,14 @@ from meddiff_cli.runtime.onnx import create_session
 ZERO_OUTPUT_THRESHOLD = 1e-6
 
 
+def graph_files(card: ModelCard, precision: str) -> list[str]:
+    """Every graph of ``precision`` a model has: denoiser, shared decoder, each modality's own decoder."""
+    return [*onnx_files(precision), *(onnx_files(precision, m)[1] for m in card.modality_decoders)]
+
+
 def has_onnx(card: ModelCard, folder: Path, precision: str) -> bool:
     """Graphs of ``precision`` are on disk, and are current or cannot be exported again (an ONNX-only folder)."""
-    present = all(name in card.files and (folder / name).is_file() for name in onnx_files(precision))
+    present = all(name in card.files and (folder / name).is_file() for name in graph_files(card, precision))
     current = card.sampling.get("onnx_graph_revision") == GRAPH_REVISION or AUTOENCODER_FILE not in card.files
     return present and current
 
@@ -107,6 +113,9 @@ def _export_locked(model_folder: Path, target: Path, precision: str, opset: int,
         (names[0], denoiser, export_inputs, check_inputs, ["latent", "timestep", "class_id"], ["velocity"]),
         (names[1], decoder, export_inputs[:1], check_inputs[:1], ["latent"], ["volume"]),
     ]
+    for modality in card.modality_decoders:
+        own = DecoderForExport(load_model(model_folder, modality=modality)[1], *latent_normalization(card)).eval()
+        specs.append((onnx_files(precision, modality)[1], own, export_inputs[:1], check_inputs[:1], ["latent"], ["volume"]))
     files: dict[str, str] = {}
     errors: dict[str, float] = {}
     exporter = verified_on = ""

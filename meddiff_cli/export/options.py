@@ -21,7 +21,9 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def onnx_files(precision: str) -> tuple[str, str]:
-    """Card-relative names of the (denoiser, decoder) graphs for a precision."""
+def onnx_files(precision: str, own_decoder: str | None = None) -> tuple[str, str]:
+    """Card-relative names of the (denoiser, decoder) graphs for a precision; ``own_decoder``: a modality that
+    decodes with a decoder of its own (``ModelCard.own_decoder``)."""
     check_precision(precision)
-    return f"onnx/denoiser.{precision}.onnx", f"onnx/decoder.{precision}.onnx"
+    decoder = f"decoder_{own_decoder}" if own_decoder else "decoder"
+    return f"onnx/denoiser.{precision}.onnx", f"onnx/{decoder}.{precision}.onnx"

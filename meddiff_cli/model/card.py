@@ -14,6 +14,7 @@ from typing import Any
 from meddiff_cli import __version__
 from meddiff_cli.errors import ModelError
 from meddiff_cli.fsutil import atomic_write_json
+from meddiff_cli.modality import MODALITIES
 
 CARD_FILE = "model.json"
 CARD_FORMAT = "meddiff-model"
@@ -79,6 +80,9 @@ class ModelCard:
       time direction, class labels, output clipping, a sensible default step count) — see docs/model.md.
     * ``labels``: the label decoder's channels per modality (:mod:`meddiff_cli.model.labels`); empty when the
       model generates images only.
+    * ``modality_decoders``: modalities that decode with a decoder of their own (``decoder_<modality>.safetensors``,
+      fine-tuned on that modality with the encoder frozen, so the latent space and the denoiser stay shared);
+      the others use the autoencoder's decoder. Why: docs/model.md ("a decoder per modality").
     * ``files``: weight/ONNX file name → sha256, checked before anything is loaded.
     """
 
@@ -97,6 +101,7 @@ class ModelCard:
     files: dict[str, str] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, Any] = field(default_factory=dict)
+    modality_decoders: list[str] = field(default_factory=list)
     meddiff_version: str = __version__
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION
@@ -106,6 +111,10 @@ class ModelCard:
         if modality not in self.modalities:
             raise ModelError(f"model {self.name!r} was trained on {', '.join(self.modalities)}, not {modality!r}")
         return self.modalities.index(modality)
+
+    def own_decoder(self, modality: str) -> str | None:
+        """``modality`` when it has a decoder of its own (see ``modality_decoders``), else None."""
+        return modality if modality in self.modality_decoders else None
 
     def spacing(self, modality: str) -> list[float]:
         """Voxel size (mm) of generated volumes of ``modality``."""
@@ -126,9 +135,14 @@ class ModelCard:
             )
         known = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            card = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as error:
             raise ModelError(f"incomplete model card: {error}", source) from None
+        own = card.modality_decoders  # names become file names: only modalities meddiff knows
+        if not isinstance(own, list) or not set(own) <= set(card.modalities) & set(MODALITIES):
+            raise ModelError(f"modality_decoders {card.modality_decoders!r} must list modalities of the model "
+                             f"({', '.join(card.modalities)})", source)
+        return card
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CARD_FILE

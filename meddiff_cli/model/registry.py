@@ -141,6 +141,7 @@ def model_summary(folder: str | Path) -> dict[str, Any]:
         "volume_shape": card.volume.get("shape"),
         "spacing_mm": card.volume.get("spacing"),
         "objective": card.objective,
+        "modality_decoders": card.modality_decoders,
         "default_steps": default_steps(card),
         "onnx": sorted(f for f in card.files if f.startswith("onnx/")),
         "files": len(card.files),

@@ -5,6 +5,8 @@
     model.json                 the model card (ModelCard); ``files`` maps each file below to its sha256
     autoencoder.safetensors    autoencoder weights used for sampling (EMA where trained with EMA)
     denoiser.safetensors       denoiser weights used for sampling (EMA)
+    decoder_<MODALITY>.safetensors  optional: that modality's own decoder tensors (card ``modality_decoders``),
+                               which replace the autoencoder's when it is sampled
     label_decoder.safetensors  optional: latent -> label map logits (``train --stage labels``; card ``labels``)
     onnx/…                     exported graphs (added by ``meddiff export``)
     checkpoint/                training state for ``--resume`` (train only; not needed to sample)
@@ -27,6 +29,19 @@ from meddiff_cli.model.networks import LabelMapForExport, build_autoencoder, bui
 
 AUTOENCODER_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
+DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
+"""The autoencoder tensors that decode (a modality's own decoder file holds exactly these)."""
+
+
+def decoder_file(modality: str) -> str:
+    """File name of ``modality``'s own decoder."""
+    return f"decoder_{modality}.safetensors"
+
+
+def sampling_weights(card: ModelCard, modality: str) -> tuple[str, ...]:
+    """The weight files that sample ``modality``."""
+    own = card.own_decoder(modality)
+    return (AUTOENCODER_FILE, DENOISER_FILE, *((decoder_file(own),) if own else ()))
 
 
 def save_state_dict(module_or_state: torch.nn.Module | dict[str, torch.Tensor], path: str | Path,
@@ -78,8 +93,30 @@ def save_model(card: ModelCard, autoencoder: torch.nn.Module, denoiser: torch.nn
     return folder
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[ModelCard, torch.nn.Module, torch.nn.Module]:
-    """Load card + networks in eval mode after verifying every weight file's sha256."""
+def save_modality_decoder(card: ModelCard, autoencoder: torch.nn.Module, modality: str, folder: str | Path) -> Path:
+    """Save ``autoencoder``'s decoder as ``modality``'s own (its encoder must be the model's) and list it in the card."""
+    folder = Path(folder)
+    card.class_id(modality)
+    decoder = {k: v for k, v in autoencoder.state_dict().items() if k.startswith(DECODER_PREFIXES)}
+    card.files[decoder_file(modality)] = save_state_dict(decoder, folder / decoder_file(modality))
+    card.modality_decoders = sorted({*card.modality_decoders, modality})
+    card.save(folder)
+    return folder / decoder_file(modality)
+
+
+def drop_modality_decoders(card: ModelCard) -> None:
+    """Unlist every modality's own decoder: they decode the latents of the encoder they were tuned with, and the
+    caller is about to change it (stage-1 training, a new model reusing the autoencoder)."""
+    for modality in card.modality_decoders:
+        card.files.pop(decoder_file(modality), None)
+    card.modality_decoders = []
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", modality: str | None = None,
+               ) -> tuple[ModelCard, torch.nn.Module, torch.nn.Module]:
+    """Load card + networks in eval mode after verifying every weight file's sha256.
+
+    ``modality``: the autoencoder decodes with that modality's own decoder where the card has one."""
     folder = Path(folder)
     if not (folder / CARD_FILE).is_file():
         raise ModelError("not a meddiff model folder (no model.json)", folder)
@@ -87,12 +124,22 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     autoencoder = build_autoencoder(card)
     denoiser = build_denoiser(card)
     for module, name in ((autoencoder, AUTOENCODER_FILE), (denoiser, DENOISER_FILE)):
-        state = load_state_dict(folder / name, card.files.get(name))
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as error:
-            raise ModelError(f"weights do not match the model card's architecture ({str(error)[:200]})", folder / name) from None
+        _load_weights(module, folder / name, load_state_dict(folder / name, card.files.get(name)))
+    own = card.own_decoder(modality) if modality else None
+    if own:
+        path = folder / decoder_file(own)
+        decoder = load_state_dict(path, card.files.get(decoder_file(own)))
+        if set(decoder) != {k for k in autoencoder.state_dict() if k.startswith(DECODER_PREFIXES)}:
+            raise ModelError("not a decoder of this model's autoencoder (its tensor names differ)", path)
+        _load_weights(autoencoder, path, {**autoencoder.state_dict(), **decoder})
     return card, autoencoder.to(device).eval(), denoiser.to(device).eval()
+
+
+def _load_weights(module: torch.nn.Module, path: Path, state: dict[str, torch.Tensor]) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ModelError(f"weights do not match the model card's architecture ({str(error)[:200]})", path) from None
 
 
 def load_label_map(folder: str | Path, card: ModelCard, modalities: list[str]) -> LabelMapForExport:

@@ -78,9 +78,10 @@ def make_backend(options: SampleOptions, folder: Path, since: CpuClock | None = 
         exported = ensure_onnx(folder, options.precision)
         card = ModelCard.load(folder)
         # ORT parses the very bytes whose sha256 was checked: nothing reaches InferenceSession unverified.
-        graphs = [read_verified(folder / name, card.files.get(name)) for name in onnx_files(options.precision)]
+        graphs = [read_verified(folder / name, card.files.get(name))
+                  for name in onnx_files(options.precision, card.own_decoder(options.modality))]
     elif options.backend == "torch":
-        card, autoencoder, unet = load_model(folder)
+        card, autoencoder, unet = load_model(folder, modality=options.modality)
     else:
         raise UsageError(f"--backend {options.backend!r} was not resolved; call resolve_runtime first")
     threads, note = choose_threads(options.threads, since or CpuClock.now())

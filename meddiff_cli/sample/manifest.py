@@ -18,7 +18,7 @@ from meddiff_cli.export.options import onnx_files
 from meddiff_cli.fsutil import atomic_write_json
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
-from meddiff_cli.model.store import AUTOENCODER_FILE, DENOISER_FILE
+from meddiff_cli.model.store import sampling_weights
 from meddiff_cli.sample.options import SampleOptions, SampleResult, label_name, output_name
 from meddiff_cli.sample.writers import centred_ras_affine, is_meddiff_series, output_sha256
 
@@ -31,20 +31,22 @@ RUN_KEY_FIELDS = ("model_sha256", "modality", "seed", "steps", "sampler", "backe
 RUN_KEY_DEFAULTS = {"with_labels": False}  # manifests written before label maps existed
 
 
-def files_used(options: SampleOptions) -> tuple[str, ...]:
+def files_used(card: ModelCard, options: SampleOptions) -> tuple[str, ...]:
     """The model files this run's backend reads."""
     labels = (LABEL_DECODER_FILE,) if options.with_labels else ()
     if options.backend == "onnx":
-        return (*onnx_files(options.precision), *labels)
-    return AUTOENCODER_FILE, DENOISER_FILE, *labels
+        return (*onnx_files(options.precision, card.own_decoder(options.modality)), *labels)
+    return (*sampling_weights(card, options.modality), *labels)
 
 
-def model_identity(card: ModelCard, used_files: tuple[str, ...]) -> str:
-    """One sha256 naming the trained weights (or, for an ONNX-only folder, the graphs that run).
+def model_identity(card: ModelCard, used_files: tuple[str, ...], modality: str) -> str:
+    """One sha256 naming the trained weights that make ``modality`` (or, for an ONNX-only folder, the graphs
+    that run).
 
-    A retrained model under the same name gets another identity, so its volumes never mix with older ones.
+    A retrained model under the same name gets another identity, so its volumes never mix with older ones;
+    another modality's own decoder does not change it.
     """
-    weights = [name for name in (AUTOENCODER_FILE, DENOISER_FILE) if name in card.files]
+    weights = [name for name in sampling_weights(card, modality) if name in card.files]
     weights += [name for name in used_files if name == LABEL_DECODER_FILE]
     names = weights or [name for name in used_files if name in card.files]
     if not names:
@@ -59,7 +61,8 @@ def model_identity(card: ModelCard, used_files: tuple[str, ...]) -> str:
 def run_key(card: ModelCard, options: SampleOptions) -> dict[str, Any]:
     """The settings that decide the voxels (``options.steps`` already resolved to a number)."""
     return {
-        "model_sha256": model_identity(card, files_used(options)), "modality": options.modality,
+        "model_sha256": model_identity(card, files_used(card, options), options.modality),
+        "modality": options.modality,
         "seed": options.seed, "steps": options.steps, "sampler": options.sampler, "backend": options.backend,
         "precision": options.precision, "file_format": options.file_format, "with_labels": options.with_labels,
     }
@@ -153,8 +156,8 @@ def save_manifest(out: Path, manifest: dict[str, Any], run: dict[str, Any], card
                                      for e in files),
         "model": {
             "name": card.name,
-            "files": {name: card.files.get(name) for name in files_used(options)},
-            "weights": {name: card.files[name] for name in (AUTOENCODER_FILE, DENOISER_FILE) if name in card.files},
+            "files": {name: card.files.get(name) for name in files_used(card, options)},
+            "weights": {name: card.files[name] for name in sampling_weights(card, options.modality) if name in card.files},
         },
         "batch_size_reductions": result.batch_reductions or manifest.get("batch_size_reductions", []),
         "device": result.device or manifest.get("device", ""),

@@ -13,7 +13,7 @@ from monai.networks.nets import PatchDiscriminator
 
 from meddiff_cli.io.preview import PREVIEW_DIR, save_preview
 from meddiff_cli.model.networks import build_autoencoder, build_denoiser
-from meddiff_cli.model.store import save_model
+from meddiff_cli.model.store import drop_modality_decoders, save_model
 from meddiff_cli.train.checkpoint import restore_training_state, save_training_state
 from meddiff_cli.train.loop import make_optimizer, optimizer_step, run_steps
 from meddiff_cli.train.options import ADV_INPUTS
@@ -67,6 +67,7 @@ def train_autoencoder(run: TrainRun, total: int) -> int:
     if start >= total:
         run.reporter.message(f"autoencoder already trained for {start} steps")
         return 0
+    drop_modality_decoders(card)  # tuned to the encoder this stage changes
     adv_input = str(config.get("adv_input", "raw"))  # validated by setup.prepare
     validation = run.validation_volumes() if run.dist.is_main else []
     untrained_denoiser = build_denoiser(card)  # keeps the model folder loadable before stage 2 runs
