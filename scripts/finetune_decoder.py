@@ -17,7 +17,7 @@ weights (the encoder's tensors must be identical to those the run started from);
 M's own decoder instead (card ``modality_decoders``; the other modalities keep the shared one) — for a run
 tuned on M's data only:
 
-    python scripts/finetune_decoder.py MODEL prep_mri --work build/dec_mri --steps 1000 --adv-weight 0.05 \
+    python scripts/finetune_decoder.py MODEL prep_mri --work build/dec_mri --steps 2000 --adv-weight 0.05 \
         --adv-start 100 --disc-input clip-st
     python scripts/finetune_decoder.py MODEL --work build/dec_mri --write MODEL --modality mri
 """
@@ -49,6 +49,7 @@ from meddiff_cli.sample.seeds import initial_noise
 from meddiff_cli.train.autoencoder import discriminator_input
 from meddiff_cli.train.data import load_training_data, read_case
 from meddiff_cli.train.options import ADV_INPUTS
+
 
 def _flat_optimizer(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
     tensors = {}
