@@ -33,7 +33,7 @@ from meddiff_cli.fsutil import atomic_path, output_folder, sha256_file
 from meddiff_cli.model.card import CARD_FILE, ModelCard, latent_normalization
 from meddiff_cli.model.networks import DecoderForExport, DenoiserForExport
 from meddiff_cli.model.registry import model_lock
-from meddiff_cli.model.store import AUTOENCODER_FILE, load_model
+from meddiff_cli.model.store import AUTOENCODER_FILE, load_modality_decoder, load_model
 from meddiff_cli.runtime.onnx import create_session
 
 ZERO_OUTPUT_THRESHOLD = 1e-6
@@ -114,7 +114,9 @@ def _export_locked(model_folder: Path, target: Path, precision: str, opset: int,
         (names[1], decoder, export_inputs[:1], check_inputs[:1], ["latent"], ["volume"]),
     ]
     for modality in card.modality_decoders:
-        own = DecoderForExport(load_model(model_folder, modality=modality)[1], *latent_normalization(card)).eval()
+        own_autoencoder = copy.deepcopy(autoencoder)  # only the decoder tensors are read again
+        load_modality_decoder(own_autoencoder, model_folder, card, modality)
+        own = DecoderForExport(own_autoencoder, *latent_normalization(card)).eval()
         specs.append((onnx_files(precision, modality)[1], own, export_inputs[:1], check_inputs[:1], ["latent"], ["volume"]))
     files: dict[str, str] = {}
     errors: dict[str, float] = {}

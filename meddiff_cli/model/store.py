@@ -125,14 +125,21 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", modality:
     denoiser = build_denoiser(card)
     for module, name in ((autoencoder, AUTOENCODER_FILE), (denoiser, DENOISER_FILE)):
         _load_weights(module, folder / name, load_state_dict(folder / name, card.files.get(name)))
-    own = card.own_decoder(modality) if modality else None
-    if own:
-        path = folder / decoder_file(own)
-        decoder = load_state_dict(path, card.files.get(decoder_file(own)))
-        if set(decoder) != {k for k in autoencoder.state_dict() if k.startswith(DECODER_PREFIXES)}:
-            raise ModelError("not a decoder of this model's autoencoder (its tensor names differ)", path)
-        _load_weights(autoencoder, path, {**autoencoder.state_dict(), **decoder})
+    if modality:
+        load_modality_decoder(autoencoder, folder, card, modality)
     return card, autoencoder.to(device).eval(), denoiser.to(device).eval()
+
+
+def load_modality_decoder(autoencoder: torch.nn.Module, folder: Path, card: ModelCard, modality: str) -> None:
+    """Put ``modality``'s own decoder (sha256-verified) into ``autoencoder``; nothing when it has none."""
+    own = card.own_decoder(modality)
+    if not own:
+        return
+    path = folder / decoder_file(own)
+    decoder = load_state_dict(path, card.files.get(decoder_file(own)))
+    if set(decoder) != {k for k in autoencoder.state_dict() if k.startswith(DECODER_PREFIXES)}:
+        raise ModelError("not a decoder of this model's autoencoder (its tensor names differ)", path)
+    _load_weights(autoencoder, path, {**autoencoder.state_dict(), **decoder})
 
 
 def _load_weights(module: torch.nn.Module, path: Path, state: dict[str, torch.Tensor]) -> None:
