@@ -12,10 +12,11 @@ decodes whole volumes differently (measured on the bundled v1 decoder: tuned on 
 fell from 27.1 to 22.5 dB on whole CT volumes after 400 steps; tuned on whole volumes it rose to 28.8 dB).
 
 Resumable: ``--work`` holds the state (weights, optimiser moments, step) as safetensors + JSON; rerunning the
-same command continues. ``--write MODEL_FOLDER`` puts the fine-tuned decoder into a model's autoencoder
-weights (the encoder's tensors must be identical to those the run started from); with ``--modality M`` it becomes
-M's own decoder instead (card ``modality_decoders``; the other modalities keep the shared one) — for a run
-tuned on M's data only:
+same command continues. Rerun with a larger ``--steps``, it goes on from where it stopped, the learning-rate
+cosine restarted towards the new total (``origin.json`` lists the totals; the card's record copies them).
+``--write MODEL_FOLDER`` puts the fine-tuned decoder into a model's autoencoder weights (the encoder's tensors
+must be identical to those the run started from); with ``--modality M`` it becomes M's own decoder instead (card
+``modality_decoders``; the other modalities keep the shared one) — for a run tuned on M's data only:
 
     python scripts/finetune_decoder.py MODEL prep_mri --work build/dec_mri --steps 2000 --adv-weight 0.05 \
         --adv-start 100 --disc-input clip-st
@@ -91,7 +92,9 @@ def main() -> None:
     parser.add_argument("--sampled-per-step", type=int, default=1, help="generated latents per step's GAN batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", type=Path, default=None, help="write the decoder into this model folder and exit")
-    parser.add_argument("--modality", default=None, help="with --write: write it as this modality's own decoder")
+    parser.add_argument("--modality", default=None,
+                        help="start from this modality's own decoder where MODEL has one (else the shared one); "
+                             "with --write: write the result as this modality's own decoder")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -101,7 +104,7 @@ def main() -> None:
 
     if not args.data:
         parser.error("give the preprocess folders to train on")
-    card, autoencoder, denoiser = load_model(args.model)
+    card, autoencoder, denoiser = load_model(args.model, modality=args.modality)
     autoencoder = autoencoder.float().train()
     factor = downsample_factor(card)
     for name, parameter in autoencoder.named_parameters():
@@ -123,9 +126,15 @@ def main() -> None:
         optim = load_file(str(work / "optimizers.safetensors"))
         _load_optimizer(opt_g, optim, "g")
         _load_optimizer(opt_d, optim, "d")
+        origin = json.loads((work / "origin.json").read_text())
+        totals = origin.get("totals") or [int(origin["settings"]["steps"])]
+        if args.steps != totals[-1]:  # a continuation: its cosine restarts from this step towards the new total
+            atomic_write_json(work / "origin.json", {**origin, "totals": [*totals, args.steps]})
     else:
         settings = {k: v for k, v in vars(args).items() if k not in ("model", "data", "work", "write", "modality")}
         atomic_write_json(work / "origin.json", {"model": str(args.model), "encoder_sha256": card.files[AUTOENCODER_FILE],
+                                                 "decoder": (card.own_decoder(args.modality) if args.modality else None)
+                                                 or "shared",
                                                  "settings": settings})
 
     excluded: set[int] = set()
@@ -280,8 +289,13 @@ def _write(work: Path, model: Path, modality: str | None) -> None:
     steps = int(state["step"])
     if modality is not None:
         own = card.training.setdefault("modality_decoders", {})
-        own[modality] = {"steps": steps, "duration_s": float(state.get("duration_s", 0.0)),
-                         "settings": json.loads((work / "origin.json").read_text()).get("settings", {})}
+        origin = json.loads((work / "origin.json").read_text())
+        record = {"steps": steps, "duration_s": float(state.get("duration_s", 0.0)), "settings": origin.get("settings", {})}
+        if "totals" in origin:
+            record["totals"] = origin["totals"]
+        if origin.get("decoder") == modality:  # this run went on from the origin model's own decoder: keep its record
+            record["continued"] = ModelCard.load(Path(origin["model"])).training["modality_decoders"][modality]
+        own[modality] = record
         save_modality_decoder(card, autoencoder.float(), modality, model)
         ModelCard.load(model)
         print(f"{model}: {modality}'s own decoder ({steps} fine-tuning steps) written", file=sys.stderr)

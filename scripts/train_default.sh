@@ -18,12 +18,20 @@
 #
 # Continue a run (same OUT): the script resumes from $MEDDIFF_HOME/models/default's checkpoint; DIFF_STEPS is
 # passed on every call, so rerunning with a larger DIFF_STEPS extends the cosine schedule of a finished run.
+# Continue the committed model (no checkpoint is bundled): DENOISER_FROM=meddiff_cli/bundled/default DIFF_STEPS=N
+# rebuilds a checkpoint at its step from its sampling weights (scripts/continue_denoiser.py) and trains on to N; its
+# own decoders and calibration are kept unless CT_DECODER_STEPS / MRI_DECODER_STEPS ask for more decoder steps.
 # The 128^3 GPU model: PRESET=small SIZE=128 CT_SPACING=3 MRI_SPACING=1.5 DEVICE=cuda AE_FROM= (train stage 1 too).
 # v3 for one short GPU lease (both stages from scratch, step counts fitted to the time): scripts/train_default_gpu.sh.
 # The bundled model is v2's run, then each modality's own decoder and CT's intensity calibration (the steps after the
-# training loop below). The shipped decoders were made from the committed v2 weights by that loop with
-# "$model" = a copy of meddiff_cli/bundled/default (fp16) and this script's pools (seeds 1000 / 2000), the two runs
-# side by side on one core each; the copy was then bundled and calibrated as below.
+# training loop below). How the shipped one was made, in sessions, from committed weights and this script's pools
+# (seeds 1000 / 2000), two runs side by side on one core each:
+#   1. the v2 loop, stopped at denoiser step 5000 of DIFF_STEPS=7000 (its checkpoint was not kept);
+#   2. the decoder loop below on a copy of that bundle (CT_DECODER_STEPS / MRI_DECODER_STEPS as defaulted here: each
+#      total a rerun of the same --work, which continues with the cosine restarted towards the new total);
+#   3. DENOISER_FROM=meddiff_cli/bundled/default (as of commit 45e5a8f) DIFF_STEPS=7000: the denoiser's last 2000
+#      steps (fresh AdamW moments), the decoders of 2. then written into it;
+#   4. bundle, CT calibration refit, quality_default.sh (the tail of this script).
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.
@@ -42,8 +50,11 @@ DIFF_STEPS=${DIFF_STEPS:-7000}
 AE_FROM=${AE_FROM:-meddiff_cli/bundled/default}   # empty: train the autoencoder too (AE_STEPS)
 AE_STEPS=${AE_STEPS:-600}
 DECODER_STEPS=${DECODER_STEPS:-1500}   # 0: keep the reused decoder as it is
-CT_DECODER_STEPS=${CT_DECODER_STEPS:-1000}     # each modality's own decoder (0: it decodes with the shared one)
-MRI_DECODER_STEPS=${MRI_DECODER_STEPS:-2000}
+DENOISER_FROM=${DENOISER_FROM:-}   # a committed model whose denoiser training goes on (DIFF_STEPS: the new total)
+# Each modality's own decoder: totals of successive runs of one --work folder (0: keep the model's decoder as it is)
+own_default=$([ -n "$DENOISER_FROM" ] && echo 0 || echo "")
+CT_DECODER_STEPS=${CT_DECODER_STEPS:-${own_default:-1000 2000 3000}}
+MRI_DECODER_STEPS=${MRI_DECODER_STEPS:-${own_default:-2000 3000 4000}}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORKERS=${WORKERS:-1}
 export MEDDIFF_HOME=${MEDDIFF_HOME:-$OUT/home}
@@ -62,7 +73,11 @@ done
 
 model="$MEDDIFF_HOME/models/default"
 stage=(--stage all --preset "$PRESET")
-if [ -n "$AE_FROM" ]; then
+if [ -n "$DENOISER_FROM" ]; then
+  [ -f "$model/model.json" ] || python scripts/continue_denoiser.py "$DENOISER_FROM" "$model" --total "$DIFF_STEPS"
+  stage=(--stage diffusion)
+  AE_FROM= DECODER_STEPS=0   # the autoencoder and its decoders are the committed model's
+elif [ -n "$AE_FROM" ]; then
   [ -f "$model/model.json" ] || python scripts/reuse_autoencoder.py "$AE_FROM" "$model" --preset "$PRESET" "${SETTINGS[@]}"
   stage=(--stage diffusion)
 fi
@@ -103,7 +118,8 @@ if [ -n "$AE_FROM" ] && [ "$DECODER_STEPS" -gt 0 ]; then
 fi
 
 extra=()   # a new model from scratch takes the settings on its first call; a resumed one has them in its card
-if [ -f "$model/checkpoint/state.json" ]; then extra=(--resume); elif [ -z "$AE_FROM" ]; then extra=("${SETTINGS[@]}"); fi
+if [ -f "$model/checkpoint/state.json" ]; then extra=(--resume)
+elif [ -z "$AE_FROM" ] && [ -z "$DENOISER_FROM" ]; then extra=("${SETTINGS[@]}"); fi
 while true; do
   status=0
   # stderr (progress lines every 30 s, validation) goes to the log; stdout is the JSON summary
@@ -121,11 +137,14 @@ if [ -n "$decoder_job" ]; then
 fi
 # Each modality's own decoder (docs/model.md, "A decoder per modality"): the shared decoder fine-tuned on that
 # modality's phantoms alone with a stronger, clipped patch GAN (tuned on both at once it made MRI better, CT worse).
+# --modality: a model that already has the modality's own decoder (DENOISER_FROM) goes on from it.
 for modality in ct mri; do
-  steps=$([ "$modality" = ct ] && echo "$CT_DECODER_STEPS" || echo "$MRI_DECODER_STEPS")
-  [ "$steps" -gt 0 ] || continue
-  python scripts/finetune_decoder.py "$model" "$OUT/prep_$modality" --work "$OUT/decoder_$modality" --steps "$steps" \
-    --adv-weight 0.05 --adv-start 100 --disc-input clip-st --seed 3 2>> "$OUT/decoder_$modality.log"
+  totals=$([ "$modality" = ct ] && echo "$CT_DECODER_STEPS" || echo "$MRI_DECODER_STEPS")
+  [ "$totals" != 0 ] || continue
+  for steps in $totals; do
+    python scripts/finetune_decoder.py "$model" "$OUT/prep_$modality" --work "$OUT/decoder_$modality" --steps "$steps" \
+      --adv-weight 0.05 --adv-start 100 --disc-input clip-st --seed 3 --modality "$modality" 2>> "$OUT/decoder_$modality.log"
+  done
   python scripts/finetune_decoder.py "$model" --work "$OUT/decoder_$modality" --write "$model" --modality "$modality"
 done
 python scripts/bundle_model.py "$model" meddiff_cli/bundled/default

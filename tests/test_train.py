@@ -231,3 +231,51 @@ def test_mixed_precision_modes():
     assert training_amp_dtype(cpu, "none") is None and training_amp_dtype(cpu, "bf16") is torch.bfloat16
     with pytest.raises(UsageError, match="mixed_precision"):
         training_amp_dtype(cpu, "fp8")
+
+
+def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data, tmp_path, monkeypatch):
+    """scripts/continue_denoiser.py: a bundled model has no checkpoint, so one is rebuilt from its sampling weights
+    at the card's step (EMA weights as the online ones, the EMA's count = that step), which ``train --resume`` runs
+    on to the new total; the autoencoder and the modalities' own decoders are carried over untouched."""
+    import runpy
+    import shutil
+
+    folder, root, _ = trained
+    source = tmp_path / "bundled"
+    shutil.copytree(folder, source, ignore=shutil.ignore_patterns(CHECKPOINT_DIR, "previews"))
+    card, autoencoder, _ = store.load_model(source)
+    with torch.no_grad():
+        for name, parameter in autoencoder.named_parameters():
+            if name.startswith(store.DECODER_PREFIXES):
+                parameter.add_(0.01)
+    store.save_modality_decoder(card, autoencoder, "mri", source)
+    target = tmp_path / "cache" / "models" / "m"
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "continue_denoiser.py")
+
+    def continue_denoiser(*args: str) -> None:
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        runpy.run_path(script, run_name="__main__")
+
+    with pytest.raises(SystemExit, match="must exceed"):
+        continue_denoiser(str(source), str(target), "--total", "3")
+    continue_denoiser(str(source), str(target), "--total", "5")
+    state, groups = load_checkpoint(target)
+    assert (state["stage"], state["step"], state["total_steps"]) == ("diffusion", 3, 5)
+    sampling = load_file(str(source / store.DENOISER_FILE))
+    assert all(torch.equal(groups["denoiser"][k], v) and torch.equal(groups["ema"][f"module.{k}"], v)
+               for k, v in sampling.items())
+    assert int(groups["ema"]["n_averaged"]) == 3
+    with pytest.raises(SystemExit, match="already exists"):
+        continue_denoiser(str(source), str(target), "--total", "5")
+
+    result = train_model(options([ct_data, root / "mri"], tmp_path / "cache", resume=True, diffusion_steps=5))
+    assert result.steps_run == {"diffusion": 2}
+    assert result.card.training["steps"] == {"autoencoder": 3, "diffusion": 5}
+    assert result.card.training["continued_from"]["step"] == 3
+    trained_denoiser = load_file(str(target / store.DENOISER_FILE))
+    assert not all(torch.equal(trained_denoiser[k], v) for k, v in sampling.items())
+    before, after = load_file(str(source / store.AUTOENCODER_FILE)), load_file(str(target / store.AUTOENCODER_FILE))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert result.card.modality_decoders == ["mri"]
+    assert (target / store.decoder_file("mri")).read_bytes() == (source / store.decoder_file("mri")).read_bytes()
+    store.load_model(target, modality="mri")  # sha256-verified against the continued card
