@@ -25,7 +25,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from meddiff_cli.model.card import ModelCard
-from meddiff_cli.model.store import decoder_file, load_model, save_model
+from meddiff_cli.model.store import DENOISER_FILE, decoder_file, load_model, save_model
 from meddiff_cli.model.labels import LABEL_DECODER_FILE
 from meddiff_cli.train.checkpoint import save_training_state
 from meddiff_cli.train.diffusion import STAGE
@@ -53,7 +53,7 @@ def main() -> None:
     card.training["config"] = config
     card.training.pop("bundled_weights_dtype", None)
     card.training["continued_from"] = {"model": ModelCard.load(args.source).name, "step": step,
-                                       "denoiser_sha256": source_files["denoiser.safetensors"]}
+                                       "denoiser_sha256": source_files[DENOISER_FILE]}
     denoiser = denoiser.float().train()
     ema = AveragedModel(denoiser, multi_avg_fn=EmaWithWarmup(float(config["ema_decay"])), use_buffers=True)
     ema.n_averaged.fill_(step)
