@@ -31,7 +31,9 @@
 #      total a rerun of the same --work, which continues with the cosine restarted towards the new total);
 #   3. DENOISER_FROM=meddiff_cli/bundled/default (as of commit 45e5a8f) DIFF_STEPS=7000: the denoiser's last 2000
 #      steps (fresh AdamW moments), the decoders of 2. then written into it;
-#   4. bundle, CT calibration refit, quality_default.sh (the tail of this script).
+#   4. bundle, CT calibration refit, quality_default.sh (the tail of this script);
+#   5. DENOISER_FROM=meddiff_cli/bundled/default (as of commit 448bb58) DIFF_STEPS=10000: 3000 more denoiser steps
+#      (the cosine restarted towards 10000), decoders and calibration kept; then 4.
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.

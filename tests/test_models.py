@@ -181,3 +181,25 @@ def test_repair_box_edges_copies_only_edges_and_corners_from_the_next_voxel_inwa
     assert torch.equal(repaired[:, :, 4, 2, 6], volume[:, :, 3, 2, 5])  # an edge along y
     assert torch.equal(repaired[:, :, 4, 5, 6], volume[:, :, 3, 4, 5])  # a corner
     assert torch.equal(repair_box_edges(volume[:, :, :2]), volume[:, :, :2])  # too thin to have an inside
+
+
+def test_weights_with_metadata_are_written_byte_for_byte_the_same(tmp_path):
+    """safetensors writes metadata in hash-map order; meddiff sorts it, so bundling the same weights twice gives the
+    same sha256 (the model's identity in every sampling run) and the file still loads exactly."""
+    import torch
+    from safetensors import safe_open
+
+    from meddiff_cli.model.store import load_state_dict, save_state_dict
+
+    state = {"b.weight": torch.arange(6, dtype=torch.float16).view(2, 3), "a.bias": torch.ones(5)}
+    metadata = {f"key_{i}": "x" * i for i in (7, 3, 5, 1, 6, 2, 4, 0)}  # 8! orders: sorted by chance 1 in 40320
+    first = save_state_dict(state, tmp_path / "first.safetensors", metadata=metadata)
+    header_length = int.from_bytes((tmp_path / "first.safetensors").read_bytes()[:8], "little")
+    header = json.loads((tmp_path / "first.safetensors").read_bytes()[8:8 + header_length])
+    assert list(header["__metadata__"]) == sorted(metadata)
+    assert save_state_dict(dict(reversed(state.items())), tmp_path / "second.safetensors",
+                           metadata=dict(reversed(metadata.items()))) == first
+    loaded = load_state_dict(tmp_path / "first.safetensors", first)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    with safe_open(str(tmp_path / "first.safetensors"), "pt") as opened:
+        assert opened.metadata() == metadata

@@ -15,14 +15,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes, save_file
+from safetensors.torch import load as load_safetensors_bytes, save as safetensors_bytes
 
 from meddiff_cli.errors import ModelError
-from meddiff_cli.fsutil import atomic_path, sha256_file
+from meddiff_cli.fsutil import atomic_write_bytes, sha256_file
 from meddiff_cli.model.card import CARD_FILE, ModelCard, latent_normalization
 from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
 from meddiff_cli.model.networks import LabelMapForExport, build_autoencoder, build_denoiser, build_label_decoder
@@ -46,12 +47,26 @@ def sampling_weights(card: ModelCard, modality: str) -> tuple[str, ...]:
 
 def save_state_dict(module_or_state: torch.nn.Module | dict[str, torch.Tensor], path: str | Path,
                     metadata: dict[str, str] | None = None) -> str:
-    """Write weights as safetensors atomically; return the file's sha256."""
+    """Write weights as safetensors atomically; return the file's sha256. The same tensors and metadata give the
+    same bytes (and so the same sha256, which names the model in every sampling run)."""
     state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    atomic_write_bytes(path, canonical_safetensors(safetensors_bytes(tensors, metadata=metadata)))
     return sha256_file(path)
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` with its ``__metadata__`` keys sorted: safetensors writes them in hash-map order, which changes
+    from one process to the next. The header keeps its length (same keys and values, padded with spaces)."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    if "__metadata__" not in header:
+        return blob
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # cannot happen for the same keys and values; never write a broken file
+        raise ValueError("safetensors header grew while sorting its metadata")
+    return blob[:8] + text.ljust(size) + blob[8 + size:]
 
 
 def read_verified(path: str | Path, expected_sha256: str | None) -> bytes:
