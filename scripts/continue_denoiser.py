@@ -12,6 +12,12 @@ cosine is already small), the card's training config. ``meddiff train --resume``
 cosine on from that step to ``--total`` as if the run had not stopped; the data split comes from the card's seed.
 The modalities' own decoders and the intensity calibration stay: they belong to the autoencoder, which stage 2
 does not change.
+
+``--timestep-loc`` moves the centre of the logit-normal training-timestep distribution for the continued steps
+(the card's ``scheduler.loc``; 0 is the median t = 0.5, 0.5 puts it at t = 0.62, towards noise, where the global
+layout is decided). It changes training only: sampling timesteps do not depend on it. Every continuation, with
+the loc it trained with, is appended to the card's ``training.continuations``, so the card says which steps used
+which distribution.
 """
 
 from __future__ import annotations
@@ -33,11 +39,20 @@ from meddiff_cli.train.loop import make_optimizer
 from meddiff_cli.train.schedules import EmaWithWarmup
 
 
+def earlier_continuations(training: dict) -> list[dict]:
+    """The source's own continuations (cards before ``continuations`` kept only the last, as ``continued_from``)."""
+    if "continued_from" in training:
+        return [training.pop("continued_from")]
+    return list(training.get("continuations", []))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="model folder with a trained denoiser, e.g. meddiff_cli/bundled/default")
     parser.add_argument("target", type=Path, help="new model folder, e.g. $MEDDIFF_HOME/models/default")
     parser.add_argument("--total", type=int, required=True, help="the continued run's last step (its cosine ends there)")
+    parser.add_argument("--timestep-loc", type=float, default=None,
+                        help="logit-normal location of the training timesteps from here on (default: the card's)")
     args = parser.parse_args()
     if args.target.exists():
         sys.exit(f"{args.target} already exists: refusing to replace it")
@@ -52,8 +67,14 @@ def main() -> None:
     card.name = args.target.name
     card.training["config"] = config
     card.training.pop("bundled_weights_dtype", None)
-    card.training["continued_from"] = {"model": ModelCard.load(args.source).name, "step": step,
-                                       "denoiser_sha256": source_files[DENOISER_FILE]}
+    if args.timestep_loc is not None:
+        if card.scheduler.get("sample_method") != "logit-normal":
+            sys.exit(f"--timestep-loc: {args.source} samples training timesteps {card.scheduler.get('sample_method')!r},"
+                     " not logit-normal")
+        card.scheduler["loc"] = args.timestep_loc
+    card.training["continuations"] = [*earlier_continuations(card.training), {
+        "model": ModelCard.load(args.source).name, "step": step, "total": args.total,
+        "denoiser_sha256": source_files[DENOISER_FILE], "timestep_loc": float(card.scheduler["loc"])}]
     denoiser = denoiser.float().train()
     ema = AveragedModel(denoiser, multi_avg_fn=EmaWithWarmup(float(config["ema_decay"])), use_buffers=True)
     ema.n_averaged.fill_(step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -240,6 +241,8 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
     import runpy
     import shutil
 
+    from monai.networks.schedulers import RFlowScheduler
+
     folder, root, _ = trained
     source = tmp_path / "bundled"
     shutil.copytree(folder, source, ignore=shutil.ignore_patterns(CHECKPOINT_DIR, "previews"))
@@ -258,7 +261,14 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
 
     with pytest.raises(SystemExit, match="must exceed"):
         continue_denoiser(str(source), str(target), "--total", "3")
-    continue_denoiser(str(source), str(target), "--total", "5")
+    with pytest.raises(SystemExit, match="logit-normal"):
+        uniform = tmp_path / "uniform"
+        shutil.copytree(source, uniform)
+        uniform_card = ModelCard.load(uniform)
+        uniform_card.scheduler["sample_method"] = "uniform"
+        uniform_card.save(uniform)
+        continue_denoiser(str(uniform), str(tmp_path / "never"), "--total", "5", "--timestep-loc", "0.5")
+    continue_denoiser(str(source), str(target), "--total", "5", "--timestep-loc", "0.5")
     state, groups = load_checkpoint(target)
     assert (state["stage"], state["step"], state["total_steps"]) == ("diffusion", 3, 5)
     sampling = load_file(str(source / store.DENOISER_FILE))
@@ -271,7 +281,12 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
     result = train_model(options([ct_data, root / "mri"], tmp_path / "cache", resume=True, diffusion_steps=5))
     assert result.steps_run == {"diffusion": 2}
     assert result.card.training["steps"] == {"autoencoder": 3, "diffusion": 5}
-    assert result.card.training["continued_from"]["step"] == 3
+    record = result.card.training["continuations"]
+    assert [(r["step"], r["total"], r["timestep_loc"]) for r in record] == [(3, 5, 0.5)]
+    # the shifted location is what training draws from: median timestep at sigmoid(0.5) = 0.62 of the range
+    scheduler = RFlowScheduler(**result.card.scheduler)
+    drawn = scheduler.sample_timesteps(torch.zeros(20000, 1, 2, 2, 2)).float() / scheduler.num_train_timesteps
+    assert abs(drawn.median().item() - 1 / (1 + math.exp(-0.5))) < 0.01
     trained_denoiser = load_file(str(target / store.DENOISER_FILE))
     assert not all(torch.equal(trained_denoiser[k], v) for k, v in sampling.items())
     before, after = load_file(str(source / store.AUTOENCODER_FILE)), load_file(str(target / store.AUTOENCODER_FILE))
