@@ -34,6 +34,9 @@
 #   4. bundle, CT calibration refit, quality_default.sh (the tail of this script);
 #   5. DENOISER_FROM=meddiff_cli/bundled/default (as of commit 448bb58) DIFF_STEPS=10000: 3000 more denoiser steps
 #      (the cosine restarted towards 10000), decoders and calibration kept; then 4.
+#   6. as 5. with TIMESTEP_LOC=0.5 (the continued steps' training timesteps centred at t = 0.62, towards noise); it
+#      replaced 5.'s model. Run before the option existed (the card's scheduler.loc set by hand before training),
+#      recorded afterwards in the card's training.continuations as the option writes it; then 4.
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.
