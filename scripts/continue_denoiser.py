@@ -69,8 +69,8 @@ def main() -> None:
     card.training.pop("bundled_weights_dtype", None)
     if args.timestep_loc is not None:
         if card.scheduler.get("sample_method") != "logit-normal":
-            sys.exit(f"--timestep-loc: {args.source} samples training timesteps {card.scheduler.get('sample_method')!r},"
-                     " not logit-normal")
+            sys.exit(f"--timestep-loc: {args.source} samples training timesteps "
+                     f"{card.scheduler.get('sample_method')!r}, not logit-normal")
         card.scheduler["loc"] = args.timestep_loc
     card.training["continuations"] = [*earlier_continuations(card.training), {
         "model": ModelCard.load(args.source).name, "step": step, "total": args.total,

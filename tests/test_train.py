@@ -261,13 +261,17 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
 
     with pytest.raises(SystemExit, match="must exceed"):
         continue_denoiser(str(source), str(target), "--total", "3")
+    uniform = tmp_path / "uniform"
+    shutil.copytree(source, uniform)
+    uniform_card = ModelCard.load(uniform)
+    uniform_card.scheduler["sample_method"] = "uniform"
+    uniform_card.save(uniform)
     with pytest.raises(SystemExit, match="logit-normal"):
-        uniform = tmp_path / "uniform"
-        shutil.copytree(source, uniform)
-        uniform_card = ModelCard.load(uniform)
-        uniform_card.scheduler["sample_method"] = "uniform"
-        uniform_card.save(uniform)
         continue_denoiser(str(uniform), str(tmp_path / "never"), "--total", "5", "--timestep-loc", "0.5")
+    # a card written before training.continuations kept only its last continuation, as continued_from
+    legacy = ModelCard.load(source)
+    legacy.training["continued_from"] = {"model": "older", "step": 1, "denoiser_sha256": "0" * 64}
+    legacy.save(source)
     continue_denoiser(str(source), str(target), "--total", "5", "--timestep-loc", "0.5")
     state, groups = load_checkpoint(target)
     assert (state["stage"], state["step"], state["total_steps"]) == ("diffusion", 3, 5)
@@ -281,8 +285,10 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
     result = train_model(options([ct_data, root / "mri"], tmp_path / "cache", resume=True, diffusion_steps=5))
     assert result.steps_run == {"diffusion": 2}
     assert result.card.training["steps"] == {"autoencoder": 3, "diffusion": 5}
-    record = result.card.training["continuations"]
-    assert [(r["step"], r["total"], r["timestep_loc"]) for r in record] == [(3, 5, 0.5)]
+    older, record = result.card.training["continuations"]
+    assert older == {"model": "older", "step": 1, "denoiser_sha256": "0" * 64}
+    assert "continued_from" not in result.card.training
+    assert (record["step"], record["total"], record["timestep_loc"]) == (3, 5, 0.5)
     # the shifted location is what training draws from: median timestep at sigmoid(0.5) = 0.62 of the range
     scheduler = RFlowScheduler(**result.card.scheduler)
     drawn = scheduler.sample_timesteps(torch.zeros(20000, 1, 2, 2, 2)).float() / scheduler.num_train_timesteps
@@ -294,3 +300,9 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
     assert result.card.modality_decoders == ["mri"]
     assert (target / store.decoder_file("mri")).read_bytes() == (source / store.decoder_file("mri")).read_bytes()
     store.load_model(target, modality="mri")  # sha256-verified against the continued card
+    # continued again without --timestep-loc: the shifted location stays, and the record grows by one
+    continue_denoiser(str(target), str(tmp_path / "again"), "--total", "6")
+    again = ModelCard.load(tmp_path / "again")
+    assert again.scheduler["loc"] == 0.5
+    steps = [(r["step"], r["total"], r["timestep_loc"]) for r in again.training["continuations"][1:]]
+    assert steps == [(3, 5, 0.5), (5, 6, 0.5)]
