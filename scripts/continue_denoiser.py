@@ -63,7 +63,7 @@ def main() -> None:
     if args.total <= step:
         sys.exit(f"--total {args.total} must exceed the denoiser's {step} steps")
     config = {**card.training["config"], "diffusion_steps": args.total}
-    source_files = dict(card.files)
+    source_name, source_files = card.name, dict(card.files)
     card.name = args.target.name
     card.training["config"] = config
     card.training.pop("bundled_weights_dtype", None)
@@ -73,7 +73,7 @@ def main() -> None:
                      f"{card.scheduler.get('sample_method')!r}, not logit-normal")
         card.scheduler["loc"] = args.timestep_loc
     card.training["continuations"] = [*earlier_continuations(card.training), {
-        "model": ModelCard.load(args.source).name, "step": step, "total": args.total,
+        "model": source_name, "step": step, "total": args.total,
         "denoiser_sha256": source_files[DENOISER_FILE], "timestep_loc": float(card.scheduler["loc"])}]
     denoiser = denoiser.float().train()
     ema = AveragedModel(denoiser, multi_avg_fn=EmaWithWarmup(float(config["ema_decay"])), use_buffers=True)
