@@ -4,6 +4,8 @@
     python benchmarks/feature_shift.py --modality ct --real build/q/heldout_prep_ct --reconstruct build/q/fresh_prep_ct
     # ... with fine-tuned autoencoder weights (scripts/finetune_decoder.py --work DIR)
     python benchmarks/feature_shift.py --modality ct --real ... --reconstruct ... --weights DIR/autoencoder.safetensors
+    # ... kept for `meddiff evaluate` (MS-SSIM, intensity): the floor table of docs/model.md
+    python benchmarks/feature_shift.py --modality ct --real build/q/heldout_prep_ct --reconstruct build/q/fresh_prep_ct --keep recon_ct
     # samples (any folder `meddiff evaluate` reads)
     python benchmarks/feature_shift.py --modality mri --real build/q/heldout_prep_mri --synthetic synth_mri
 
@@ -12,7 +14,9 @@ computes them (features standardised by the real set), the same for two random h
 baseline), and the features whose mean is farthest from real in real standard deviations (z) with the ratio of
 spreads. Why: one feature far ahead of the rest points at one artefact (the decoder's box edges were found this
 way); a uniform shift of texture features points at smoothness. Decoding runs in bf16 autocast (as sampling does
-on such CPUs); reconstructions go to a temporary folder, read back as `evaluate` reads samples, and are removed.
+on such CPUs), with the modality's own decoder and intensity calibration when the card has them (no calibration
+with ``--weights``: it was fitted to the card's decoder); reconstructions go to a temporary folder (or to
+``--keep``), read back as `evaluate` reads samples.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def write_reconstructions(prep: Path, out: Path, modality: str, model: str, weig
     import torch
     from safetensors.torch import load_file
 
+    from meddiff_cli.model.card import intensity_calibration
     from meddiff_cli.model.networks import DecoderForExport
     from meddiff_cli.model.registry import resolve_model
     from meddiff_cli.model.store import load_model
@@ -49,12 +54,15 @@ def write_reconstructions(prep: Path, out: Path, modality: str, model: str, weig
     autoencoder = autoencoder.float().eval()
     channels = int(card.latent["channels"])
     decoder = DecoderForExport(autoencoder, [0.0] * channels, [1.0] * channels).eval()  # raw latents: no normalisation
+    calibration = None if weights is not None else intensity_calibration(card.intensity[modality])  # the card's decoder's
     for path in sorted((prep / "images").glob("*.nii.gz"))[:count]:
         image = nib.load(path)
         x = torch.from_numpy(np.asarray(image.dataobj, np.float32))[None, None]
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             mean, _ = autoencoder.encode(x)
             volume = decoder(mean).float()[0, 0].numpy()  # clipped, box edges repaired: what sampling writes
+        if calibration is not None:
+            volume = np.interp(volume, *calibration).astype(np.float32)
         physical = to_physical(volume, card.intensity[modality])
         array = np.round(physical).astype(np.int16) if modality == "ct" else physical.astype(np.float32)
         nib.save(nib.Nifti1Image(array, image.affine), out / path.name)
@@ -71,6 +79,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="autoencoder safetensors to load into it instead")
     parser.add_argument("--count", type=int, default=100, help="volumes to reconstruct")
     parser.add_argument("--top", type=int, default=12, help="how many of the most shifted features to list")
+    parser.add_argument("--keep", type=Path, help="write the reconstructions into this new folder and keep them")
     args = parser.parse_args()
 
     spacing = (SPACING_MM[args.modality],) * 3
@@ -80,6 +89,9 @@ def main() -> None:
         folder = args.synthetic
         if folder is None:
             folder = Path(scratch)
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=False)
+                folder = args.keep
             write_reconstructions(args.reconstruct, folder, args.modality, args.model, args.weights, args.count)
         other = load_set(folder, list_cases(folder, "synthetic"), "synthetic", settings, "radiomics").features
 

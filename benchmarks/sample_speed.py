@@ -41,7 +41,7 @@ from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.networks import DenoiserForExport, build_autoencoder, build_denoiser
 from meddiff_cli.model.presets import preset_config
 from meddiff_cli.model.registry import resolve_model
-from meddiff_cli.model.scheduler import build_scheduler, noise_offset, sample_latents
+from meddiff_cli.model.scheduler import build_scheduler, sample_latents
 from meddiff_cli.model.store import load_model, save_model
 from meddiff_cli.runtime import OnnxBackend, TorchBackend
 from meddiff_cli.runtime.choice import PARITY_BOUNDS, choose_runtime, choose_threads
@@ -86,7 +86,7 @@ def synchronize(device: torch.device) -> None:
 def noise_batch(card: ModelCard, batch: int) -> torch.Tensor:
     """The noise ``meddiff sample --seed 0`` starts volumes 0..batch-1 from."""
     shape = (int(card.latent["channels"]), *card.latent["shape"])
-    return torch.stack([initial_noise(0, i, shape, noise_offset(card)) for i in range(batch)])
+    return torch.stack([initial_noise(0, i, shape) for i in range(batch)])
 
 
 def time_backend(backend, card: ModelCard, batch: int, steps: int, repeats: int) -> tuple[float, float, np.ndarray]:
@@ -273,7 +273,8 @@ def plain_loop_process(args: argparse.Namespace, folder: Path) -> None:
     batch = SampleOptions.__dataclass_fields__["batch_size"].default
     for first in range(0, args.count, batch):
         size = min(batch, args.count - first)
-        noise = noise_batch(card, first + size)[first:]
+        noise = torch.stack([initial_noise(0, i, (int(card.latent["channels"]), *card.latent["shape"]))
+                             for i in range(first, first + size)])
         volumes = plain_monai_loop(autoencoder, unet, card, noise, args.steps_e2e).numpy()
         for k in range(size):
             hu = np.rint(low + (volumes[k, 0] + 1.0) / 2.0 * (high - low)).astype(np.int16)

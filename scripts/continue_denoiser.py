@@ -18,11 +18,6 @@ does not change.
 layout is decided). It changes training only: sampling timesteps do not depend on it. Every continuation, with
 the loc it trained with, is appended to the card's ``training.continuations``, so the card says which steps used
 which distribution.
-
-``--noise-offset`` changes the model's source noise from here on: unit Gaussian voxels plus this standard deviation
-times one Gaussian value per volume and channel (the card's ``sampling.noise_offset``; see
-:func:`meddiff_cli.model.scheduler.source_noise`). Unlike the loc it is part of the model: ``meddiff sample`` draws
-its starting noise the same way, so the continued steps teach the denoiser the new source distribution.
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ from torch.optim.swa_utils import AveragedModel
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.store import DENOISER_FILE, decoder_file, load_model, save_model
 from meddiff_cli.model.labels import LABEL_DECODER_FILE
-from meddiff_cli.model.scheduler import noise_offset
 from meddiff_cli.train.checkpoint import save_training_state
 from meddiff_cli.train.diffusion import STAGE
 from meddiff_cli.train.loop import make_optimizer
@@ -59,8 +53,6 @@ def main() -> None:
     parser.add_argument("--total", type=int, required=True, help="the continued run's last step (its cosine ends there)")
     parser.add_argument("--timestep-loc", type=float, default=None,
                         help="logit-normal location of the training timesteps from here on (default: the card's)")
-    parser.add_argument("--noise-offset", type=float, default=None,
-                        help="per-volume, per-channel offset of the source noise from here on (default: the card's)")
     args = parser.parse_args()
     if args.target.exists():
         sys.exit(f"{args.target} already exists: refusing to replace it")
@@ -80,14 +72,9 @@ def main() -> None:
             sys.exit(f"--timestep-loc: {args.source} samples training timesteps "
                      f"{card.scheduler.get('sample_method')!r}, not logit-normal")
         card.scheduler["loc"] = args.timestep_loc
-    if args.noise_offset is not None:
-        if not 0.0 <= args.noise_offset < float("inf"):
-            sys.exit(f"--noise-offset must be a number >= 0, got {args.noise_offset}")
-        card.sampling["noise_offset"] = config["noise_offset"] = args.noise_offset
     card.training["continuations"] = [*earlier_continuations(card.training), {
         "model": source_name, "step": step, "total": args.total,
-        "denoiser_sha256": source_files[DENOISER_FILE], "timestep_loc": float(card.scheduler["loc"]),
-        "noise_offset": noise_offset(card)}]
+        "denoiser_sha256": source_files[DENOISER_FILE], "timestep_loc": float(card.scheduler["loc"])}]
     denoiser = denoiser.float().train()
     ema = AveragedModel(denoiser, multi_avg_fn=EmaWithWarmup(float(config["ema_decay"])), use_buffers=True)
     ema.n_averaged.fill_(step)

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from meddiff_cli.fsutil import atomic_path, atomic_write_json
 from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.networks import downsample_factor
-from meddiff_cli.model.scheduler import build_scheduler, default_steps, noise_offset, sample_latents
+from meddiff_cli.model.scheduler import build_scheduler, default_steps, sample_latents
 from meddiff_cli.model.store import (
     AUTOENCODER_FILE, DECODER_PREFIXES, load_model, load_state_dict, save_model, save_modality_decoder,
 )
@@ -236,7 +236,7 @@ def sampled_latents(card: ModelCard, denoiser: torch.nn.Module, count: int, work
     for class_id in range(len(card.modalities)):
         for first in range(0, count, 8):
             indices = range(class_id * count + first, class_id * count + min(count, first + 8))
-            noise = torch.stack([initial_noise(7, i, shape, noise_offset(card)) for i in indices])
+            noise = torch.stack([initial_noise(7, i, shape) for i in indices])
             classes = torch.full((len(indices),), class_id, dtype=torch.int64)
             batches.append(sample_latents(denoise, scheduler, noise, classes, steps) / scale + shift)
             print(f"generated {sum(len(b) for b in batches)}/{count * len(card.modalities)} latents",

@@ -57,7 +57,6 @@ AE_STEPS=${AE_STEPS:-600}
 DECODER_STEPS=${DECODER_STEPS:-1500}   # 0: keep the reused decoder as it is
 DENOISER_FROM=${DENOISER_FROM:-}   # a committed model whose denoiser training goes on (DIFF_STEPS: the new total)
 TIMESTEP_LOC=${TIMESTEP_LOC:-}     # with DENOISER_FROM: logit-normal location of the continued steps' timesteps
-NOISE_OFFSET=${NOISE_OFFSET:-}     # with DENOISER_FROM: the source noise's per-volume, per-channel offset from here on
 # Each modality's own decoder: totals of successive runs of one --work folder (0: keep the model's decoder as it is)
 own_default=$([ -n "$DENOISER_FROM" ] && echo 0 || echo "")
 CT_DECODER_STEPS=${CT_DECODER_STEPS:-${own_default:-1000 2000 3000}}
@@ -82,7 +81,7 @@ model="$MEDDIFF_HOME/models/default"
 stage=(--stage all --preset "$PRESET")
 if [ -n "$DENOISER_FROM" ]; then
   [ -f "$model/model.json" ] || python scripts/continue_denoiser.py "$DENOISER_FROM" "$model" --total "$DIFF_STEPS" \
-    ${TIMESTEP_LOC:+--timestep-loc "$TIMESTEP_LOC"} ${NOISE_OFFSET:+--noise-offset "$NOISE_OFFSET"}
+    ${TIMESTEP_LOC:+--timestep-loc "$TIMESTEP_LOC"}
   stage=(--stage diffusion)
   AE_FROM= DECODER_STEPS=0   # the autoencoder and its decoders are the committed model's
 elif [ -n "$AE_FROM" ]; then

@@ -329,28 +329,6 @@ def test_intensity_calibration_maps_decoded_voxels_and_is_part_of_the_run_identi
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_noise_offset_in_the_card_starts_every_volume_from_offset_noise(tiny_model, tmp_path):
-    """A card's ``sampling.noise_offset`` adds one constant per channel to each volume's seeded noise (the voxels
-    stay the seed's); the volumes change, the manifest's seed rule says so, and an earlier run is not resumed."""
-    shape = (4, 8, 8, 8)
-    added = initial_noise(3, 1, shape, 0.5) - initial_noise(3, 1, shape, 0.0)
-    per_channel = added[:, :1, :1, :1]
-    torch.testing.assert_close(added, per_channel.expand(shape), rtol=0, atol=1e-6)
-    assert per_channel.abs().min() > 0 and per_channel.flatten().unique().numel() == 4
-
-    _sample(tmp_path / "plain", count=2, backend="torch", precision="fp32")
-    card = ModelCard.load(tiny_model)
-    card.sampling["noise_offset"] = 0.5
-    card.save(tiny_model)
-    _sample(tmp_path / "offset", count=2, backend="torch", precision="fp32")
-    plain, offset = _arrays(tmp_path / "plain"), _arrays(tmp_path / "offset")
-    assert plain.keys() == offset.keys() and all(np.abs(offset[i] - plain[i]).max() > 1.0 for i in plain)
-    manifest = json.loads((tmp_path / "offset" / "manifest.json").read_text())
-    assert "0.5 * torch.randn(channels, 1, 1, 1)" in manifest["seed_rule"]
-    with pytest.raises(UsageError, match="model_sha256"):
-        _sample(tmp_path / "plain", count=2, backend="torch", precision="fp32")
-
-
 def test_a_modality_decoder_of_its_own_decodes_that_modality_only_on_every_backend(tiny_model, tmp_path):
     """With an MRI decoder of its own (card ``modality_decoders``), MRI volumes are that decoder's, on the torch
     backend and on ONNX Runtime (its own graph, exported on first use); CT volumes and CT runs' identity stay as

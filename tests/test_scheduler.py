@@ -1,6 +1,5 @@
-"""The one rectified-flow sampler (model/scheduler.py): exact answers on a linear velocity field, the card's
-``sampling.default_steps`` is what ``meddiff sample`` runs when --steps is not given, and the source noise
-(``sampling.noise_offset``) is what the card says."""
+"""The one rectified-flow sampler (model/scheduler.py): exact answers on a linear velocity field, and the
+card's ``sampling.default_steps`` is what ``meddiff sample`` runs when --steps is not given."""
 
 from __future__ import annotations
 
@@ -11,10 +10,7 @@ import pytest
 import torch
 
 from meddiff_cli.model.card import ModelCard
-from meddiff_cli.errors import ModelError
-from meddiff_cli.model.scheduler import (
-    SAMPLING_CONVENTION, build_scheduler, default_steps, noise_offset, sample_latents, source_noise,
-)
+from meddiff_cli.model.scheduler import SAMPLING_CONVENTION, build_scheduler, default_steps, sample_latents
 from meddiff_cli.sample import SampleOptions, SampleProgress, sample_volumes
 
 A, C = 0.8, 0.5  # velocity v(x, t) = A x + C t/T
@@ -54,6 +50,25 @@ def test_heun_solves_a_linear_velocity_field_to_second_order():
     assert all(h < e / 5 for h, e in zip(heun, euler))
 
 
+def test_euler_narrows_a_known_distribution_and_heun_keeps_it():
+    """Gaussian data (std 0.5) and its exact velocity E[x0 - n | x_s]: 30 Euler steps end 4 % narrow (the
+    discretisation shrinks the spread, so samples come out more alike), 15 Heun steps (the same 30 evaluations)
+    within 1 % — why docs/model.md reads Euler's share of the samples' excess similarity from this."""
+    std = 0.5
+    card = _card()
+    card.scheduler["use_discrete_timesteps"] = True
+
+    def exact(latent: torch.Tensor, timesteps: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        s = (timesteps / 1000.0).view(-1, 1)
+        return ((1 - s) * std**2 - s) * latent / ((1 - s) ** 2 * std**2 + s**2)
+
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
+    euler = sample_latents(exact, build_scheduler(card), noise, torch.zeros(20000), 30, "euler").std().item()
+    heun = sample_latents(exact, build_scheduler(card), noise, torch.zeros(20000), 15, "heun").std().item()
+    assert 0.94 * std < euler < 0.97 * std
+    assert abs(heun - std) < 0.01 * std
+
+
 def test_unknown_sampler_is_a_usage_error():
     from meddiff_cli.errors import UsageError
 
@@ -66,31 +81,6 @@ def test_default_steps_come_from_the_card():
     assert default_steps(card) == SAMPLING_CONVENTION["default_steps"]  # a card without the field
     card.sampling = {"default_steps": 3}
     assert default_steps(card) == 3
-
-
-def test_source_noise_adds_one_gaussian_offset_per_volume_and_channel():
-    """Offset 0 draws exactly torch.randn; an offset keeps those voxels and adds, per volume and channel, one
-    constant drawn from N(0, offset^2) (12000 draws: the standard deviation within 5 %)."""
-    shape = (3000, 4, 2, 3, 2)
-    plain = source_noise(shape, 0.0, torch.Generator().manual_seed(5))
-    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(5)))
-    added = source_noise(shape, 0.3, torch.Generator().manual_seed(5)) - plain
-    constant = added[:, :, :1, :1, :1]
-    torch.testing.assert_close(added, constant.expand(shape), rtol=0, atol=1e-6)
-    assert abs(constant.std().item() - 0.3) < 0.015 and abs(constant.mean().item()) < 0.02
-    per_channel = constant.flatten(1)  # [volumes, channels]: independent draws, not one value shared by channels
-    assert abs(torch.corrcoef(per_channel.T)[0, 1].item()) < 0.06
-
-
-def test_noise_offset_comes_from_the_card_and_is_checked():
-    card = _card()
-    assert noise_offset(card) == 0.0  # a card written before the field: plain Gaussian noise
-    card.sampling = {"noise_offset": 0.1}
-    assert noise_offset(card) == 0.1
-    for bad in (-0.1, "0.1", True, float("nan"), float("inf")):
-        card.sampling = {"noise_offset": bad}
-        with pytest.raises(ModelError, match="noise_offset"):
-            noise_offset(card)
 
 
 class _CountSteps(SampleProgress):

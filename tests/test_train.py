@@ -179,28 +179,6 @@ def test_existing_model_needs_resume_and_diffusion_needs_autoencoder(trained, ct
         train_model(options([ct_data, root / "mri"], tmp_path / "c", name="x", resume=True))
 
 
-def test_the_noise_offset_setting_is_the_cards_and_trains_the_denoiser(tmp_path, ct_data, monkeypatch):
-    """``--set train.noise_offset=X`` becomes the card's ``sampling.noise_offset``, and every training step,
-    validation pass and preview draws its source noise with it; a negative one is refused before training."""
-    import meddiff_cli.train.diffusion as diffusion
-
-    drawn: list[float] = []
-    real = diffusion.source_noise
-
-    def spy(shape, offset, generator=None, device="cpu"):
-        drawn.append(offset)
-        return real(shape, offset, generator, device)
-
-    monkeypatch.setattr(diffusion, "source_noise", spy)
-    overrides = {**FAST, "train.noise_offset": 0.25, "train.val_every": 2, "train.preview_every": 2}
-    result = train_model(options([ct_data], tmp_path, ae_steps=1, diffusion_steps=2, overrides=overrides))
-    assert result.card.sampling["noise_offset"] == 0.25
-    assert len(drawn) >= 4 and set(drawn) == {0.25}  # 2 steps + validation + preview
-    with pytest.raises(UsageError, match="noise_offset"):
-        train_model(options([ct_data], tmp_path, name="bad", ae_steps=1, diffusion_steps=1,
-                            overrides={**FAST, "train.noise_offset": -1}))
-
-
 def test_separate_stage_invocations_continue_the_same_model(tmp_path, ct_data):
     first = train_model(options([ct_data], tmp_path, stage="autoencoder", steps=2))
     assert first.card.training["steps"] == {"autoencoder": 2, "diffusion": 0}
@@ -322,13 +300,9 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
     assert result.card.modality_decoders == ["mri"]
     assert (target / store.decoder_file("mri")).read_bytes() == (source / store.decoder_file("mri")).read_bytes()
     store.load_model(target, modality="mri")  # sha256-verified against the continued card
-    # continued again without --timestep-loc: the shifted location stays, and the record grows by one; with
-    # --noise-offset the source noise changes from there on, for training (config) and sampling (card) alike
-    with pytest.raises(SystemExit, match="noise-offset"):
-        continue_denoiser(str(target), str(tmp_path / "never"), "--total", "6", "--noise-offset", "-0.1")
-    continue_denoiser(str(target), str(tmp_path / "again"), "--total", "6", "--noise-offset", "0.2")
+    # continued again without --timestep-loc: the shifted location stays, and the record grows by one
+    continue_denoiser(str(target), str(tmp_path / "again"), "--total", "6")
     again = ModelCard.load(tmp_path / "again")
     assert again.scheduler["loc"] == 0.5
-    assert again.sampling["noise_offset"] == again.training["config"]["noise_offset"] == 0.2
-    steps = [(r["step"], r["total"], r["timestep_loc"], r["noise_offset"]) for r in again.training["continuations"][1:]]
-    assert steps == [(3, 5, 0.5, 0.0), (5, 6, 0.5, 0.2)]
+    steps = [(r["step"], r["total"], r["timestep_loc"]) for r in again.training["continuations"][1:]]
+    assert steps == [(3, 5, 0.5), (5, 6, 0.5)]

@@ -22,7 +22,6 @@ _COMMON_TRAIN: dict[str, Any] = {
     "mixed_precision": "auto",  # auto: bf16 autocast on bf16-capable GPUs and on CPUs with AMX/AVX512-BF16; or bf16/none
     "latent_norm": "channel",  # channel: standardise each latent channel (shift + scale); global: one scale factor
     "latent_cache": True,  # stage 2 encodes every training case once (posterior mean) instead of every step
-    "noise_offset": 0.0,  # source noise: N(0, I) + this * N(0, 1) per volume and channel (stored in the card)
 }
 
 # Network widths per preset. Volume shape and spacing come from the training data, not the preset.

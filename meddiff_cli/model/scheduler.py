@@ -34,9 +34,6 @@ SAMPLING_CONVENTION: dict[str, Any] = {
                       "-1, 1)), per channel",
     "output_clip": [-1.0, 1.0],
     "default_steps": 30,
-    "noise": "x_T = n + noise_offset * o, n ~ N(0, I) [C, *latent_shape], o ~ N(0, 1) [C, 1, 1, 1] drawn after n "
-             "from the same generator (offset noise; training draws its noise the same way)",
-    "noise_offset": 0.0,
 }
 
 Denoise = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
@@ -47,35 +44,6 @@ def default_steps(card: ModelCard) -> int:
     """The step count the model was released with (card ``sampling.default_steps``); cards written before
     the field existed get the convention's value."""
     return int(card.sampling.get("default_steps") or SAMPLING_CONVENTION["default_steps"])
-
-
-def noise_offset(card: ModelCard) -> float:
-    """The standard deviation of the per-volume, per-channel constant added to the Gaussian source noise (card
-    ``sampling.noise_offset``; cards written before the field existed: 0, plain Gaussian noise).
-
-    Why: the mean of 16^3 unit-Gaussian voxels varies by only 1/64 between volumes, so a flow from plain noise
-    has almost no global random variable to turn into a volume's overall intensity and contrast, and samples come
-    out more alike than real scans ("offset noise", Guttenberg 2023). The source distribution is part of the
-    model: training and sampling must draw it alike.
-    """
-    value = card.sampling.get("noise_offset", 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < math.inf:
-        raise ModelError(f"model card sampling.noise_offset must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def source_noise(shape: tuple[int, ...], offset: float, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Source noise ``[B, C, *spatial]`` (fp32, on ``device``, the generator's): unit Gaussian voxels plus
-    ``offset`` times one Gaussian value per volume and channel, drawn after the voxels from the same generator
-    (so ``offset`` 0 draws exactly what plain ``torch.randn`` draws)."""
-    import torch
-
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
-    if offset > 0:
-        noise += offset * torch.randn((*shape[:2], *(1,) * (len(shape) - 2)), generator=generator,
-                                      dtype=torch.float32, device=device)
-    return noise
 
 
 def build_scheduler(card: ModelCard) -> RFlowScheduler:

@@ -18,7 +18,6 @@ from meddiff_cli.export.options import onnx_files
 from meddiff_cli.fsutil import atomic_write_json
 from meddiff_cli.model.card import ModelCard
 from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
-from meddiff_cli.model.scheduler import noise_offset
 from meddiff_cli.model.store import sampling_weights
 from meddiff_cli.sample.options import SampleOptions, SampleResult, label_name, output_name
 from meddiff_cli.sample.writers import centred_ras_affine, is_meddiff_series, output_sha256
@@ -56,8 +55,6 @@ def model_identity(card: ModelCard, used_files: tuple[str, ...], modality: str) 
     calibrations = {m: v["calibration"] for m, v in sorted(card.intensity.items()) if v.get("calibration")}
     if calibrations:  # calibrated volumes never mix with uncalibrated ones (an uncalibrated identity is unchanged)
         text += json.dumps(calibrations, sort_keys=True)
-    if noise_offset(card):  # the source noise decides the voxels as much as the weights do
-        text += f"noise_offset\0{noise_offset(card)!r}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -171,9 +168,7 @@ def save_manifest(out: Path, manifest: dict[str, Any], run: dict[str, Any], card
                     "device": result.device, "threads": result.threads, "batch_size": result.batch_size,
                     "choice": result.choice} if result.provider else manifest.get("runtime", {}),
         "seed_rule": "volume i: torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed_i)) on CPU, "
-                     "seed_i = 63-bit numpy SeedSequence([seed, i])"
-                     + (f", plus {noise_offset(card)} * torch.randn(channels, 1, 1, 1) from the same generator"
-                        if noise_offset(card) else "") + " (see docs/formats.md)",
+                     "seed_i = 63-bit numpy SeedSequence([seed, i]) (see docs/formats.md)",
         "volume": {
             "shape": volume_shape,
             "spacing": card.spacing(options.modality),

@@ -27,7 +27,7 @@ from meddiff_cli.model.labels import LABEL_DECODER_FILE, modality_labels
 from meddiff_cli.model.registry import resolve_model
 from meddiff_cli.model.store import load_label_map
 from meddiff_cli.runtime import TorchLabelMap
-from meddiff_cli.model.scheduler import build_scheduler, default_steps, noise_offset, sample_latents
+from meddiff_cli.model.scheduler import build_scheduler, default_steps, sample_latents
 from meddiff_cli.sample import manifest as manifests
 from meddiff_cli.sample.backends import make_backend, resolve_runtime
 from meddiff_cli.sample.memory import batch_size_for_memory, halve_batch, is_out_of_memory
@@ -90,7 +90,6 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
 
     result.batch_size = batch_size_for_memory(card, options, len(pending), progress)
     scheduler = build_scheduler(card)
-    offset = noise_offset(card)
     latent_shape = (int(card.latent["channels"]), *(int(s) for s in card.latent["shape"]))
     volume_shape = tuple(int(s) for s in card.volume["shape"])
     affine = centred_ras_affine(volume_shape, card.spacing(options.modality))
@@ -116,7 +115,7 @@ def sample_volumes(options: SampleOptions, progress: SampleProgress | None = Non
             while first < len(pending):
                 indices = pending[first:first + batch_size]
                 progress.batch(len(indices), options.steps)
-                noise = torch.stack([initial_noise(options.seed, i, latent_shape, offset) for i in indices])
+                noise = torch.stack([initial_noise(options.seed, i, latent_shape) for i in indices])
                 classes = torch.full((len(indices),), class_id, dtype=torch.int64)
                 try:
                     latents = sample_latents(backend.denoise, scheduler, noise.to(backend.torch_device), classes,

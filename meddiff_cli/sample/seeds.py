@@ -2,9 +2,8 @@
 
 Reproducibility contract: volume ``i`` of a run with seed ``S`` starts from the latent noise
 ``torch.randn((C, *latent_shape), generator=torch.Generator().manual_seed(volume_seed(S, i)))`` drawn on
-CPU (plus, for a model with a ``sampling.noise_offset``, that offset times one more draw per channel from the
-same generator: :func:`~meddiff_cli.model.scheduler.source_noise`), so neither ``--batch-size`` nor ``--shard``
-nor the device changes which volume index ``i`` gets (up to floating-point differences between kernels).
+CPU, so neither ``--batch-size`` nor ``--shard`` nor the device changes which volume index ``i`` gets
+(up to floating-point differences between kernels).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import numpy as np
 import torch
 
 from meddiff_cli.errors import UsageError
-from meddiff_cli.model.scheduler import source_noise
 from meddiff_cli.paths import torchrun_launch
 
 
@@ -23,10 +21,9 @@ def volume_seed(run_seed: int, index: int) -> int:
     return ((int(words[0]) << 32) | int(words[1])) & 0x7FFFFFFFFFFFFFFF
 
 
-def initial_noise(run_seed: int, index: int, shape: tuple[int, ...], offset: float = 0.0) -> torch.Tensor:
-    """Volume ``index``'s source noise ``[C, *latent_shape]`` (``offset``: the model's noise offset)."""
+def initial_noise(run_seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
     generator = torch.Generator(device="cpu").manual_seed(volume_seed(run_seed, index))
-    return source_noise((1, *shape), offset, generator)[0]
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ from meddiff_cli.errors import ModelError
 from meddiff_cli.io.preview import PREVIEW_DIR, save_preview
 from meddiff_cli.model.card import ModelCard, latent_normalization
 from meddiff_cli.model.networks import DecoderForExport, build_autoencoder, build_denoiser
-from meddiff_cli.model.scheduler import build_scheduler, noise_offset, sample_latents, source_noise
+from meddiff_cli.model.scheduler import build_scheduler, sample_latents
 from meddiff_cli.model.store import AUTOENCODER_FILE, load_state_dict, save_model
 from meddiff_cli.train import distributed as ddp
 from meddiff_cli.train.checkpoint import restore_training_state, save_training_state
@@ -102,7 +102,6 @@ def train_diffusion(run: TrainRun, total: int) -> int:
     modules = {"denoiser": denoiser, "ema": ema}
     optimizers = {"optimizer": ("denoiser", optimizer)}
     scheduler = RFlowScheduler(**card.scheduler)
-    offset = noise_offset(card)
     skipped = card.training["skipped_steps"]
     start, previous_duration = 0, float(card.training["duration_s"][STAGE])
     if run.resumes(STAGE):
@@ -119,7 +118,7 @@ def train_diffusion(run: TrainRun, total: int) -> int:
     def step_fn(step: int, batch: torch.Tensor, class_ids: torch.Tensor) -> dict[str, float]:
         set_lr([optimizer], config, step, total)
         latents = batch if cached is not None else (encode(run, autoencoder, batch) - shift) * scale
-        noise = source_noise(tuple(latents.shape), offset, device=latents.device)
+        noise = torch.randn_like(latents)
         timesteps = scheduler.sample_timesteps(latents)
         noisy = scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
         with run.autocast():
@@ -158,12 +157,11 @@ def validate_diffusion(run: TrainRun, denoiser: torch.nn.Module, scheduler: RFlo
                        validation: list[tuple[torch.Tensor, int]]) -> float:
     """Velocity MSE of the EMA denoiser on held-out latents at fixed timepoints and fixed noise."""
     generator = torch.Generator().manual_seed(run.seed)
-    offset = noise_offset(run.card)
     denoiser.eval()
     losses = []
     for latent, class_id in validation:
         for point in VAL_TIMEPOINTS:
-            noise = source_noise(tuple(latent.shape), offset, generator).to(run.device)
+            noise = torch.randn(latent.shape, generator=generator).to(run.device)
             timesteps = torch.full((1,), point * scheduler.num_train_timesteps, device=run.device)
             noisy = scheduler.add_noise(latent, noise, timesteps)
             with run.autocast():
@@ -180,7 +178,7 @@ def preview_samples(run: TrainRun, denoiser: torch.nn.Module, autoencoder: torch
     card = run.card
     generator = torch.Generator().manual_seed(run.seed)
     shape = (len(card.modalities), card.latent["channels"], *card.latent["shape"])
-    noise = source_noise(shape, noise_offset(card), generator).to(run.device)
+    noise = torch.randn(shape, generator=generator).to(run.device)
     class_ids = torch.arange(len(card.modalities), device=run.device)
 
     def denoise(latent: torch.Tensor, timesteps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

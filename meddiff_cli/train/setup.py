@@ -22,7 +22,7 @@ from meddiff_cli.model.card import CARD_FILE, ModelCard
 from meddiff_cli.model.networks import build_autoencoder, build_denoiser, downsample_factor, required_divisor
 from meddiff_cli.model.presets import preset_config
 from meddiff_cli.model.registry import validate_name
-from meddiff_cli.model.scheduler import SAMPLING_CONVENTION, noise_offset
+from meddiff_cli.model.scheduler import SAMPLING_CONVENTION
 from meddiff_cli.paths import models_dir
 from meddiff_cli.train import distributed as ddp
 from meddiff_cli.train.checkpoint import Checkpoint, load_checkpoint
@@ -101,7 +101,7 @@ def new_card(options: TrainOptions, data: TrainingData, preset: dict[str, Any]) 
         volume={"shape": data.size, "spacing": data.spacing[data.modalities[0]],
                 "spacing_by_modality": data.spacing}, intensity=data.intensity,
         autoencoder=preset["autoencoder"], denoiser=preset["denoiser"], objective="rectified_flow",
-        sampling={**SAMPLING_CONVENTION, "noise_offset": preset["train"]["noise_offset"]},
+        sampling=dict(SAMPLING_CONVENTION),
     )
     factor = downsample_factor(card)
     latent_shape = [side // factor for side in data.size]
@@ -181,10 +181,6 @@ def prepare(options: TrainOptions, reporter: Reporter) -> TrainRun:
         data = load_training_data(options.data, options.modalities, required_divisor(probe),
                                   preset["train"]["val_fraction"], options.seed)
         card = new_card(options, data, preset)
-        try:
-            noise_offset(card)
-        except ModelError:
-            raise UsageError(f"train.noise_offset must be a number >= 0, got {preset['train']['noise_offset']!r}") from None
         config = preset["train"]
         card.training["seed"] = options.seed
     if str(config.get("adv_input", "raw")) not in ADV_INPUTS:
