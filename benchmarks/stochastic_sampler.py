@@ -1,5 +1,5 @@
-"""Experiment: `meddiff sample` with a stochastic rectified-flow sampler in place of Euler (docs/model.md, "A
-stochastic sampler trades diversity for fidelity").
+"""Experiment: `meddiff sample` with a re-noising rectified-flow sampler in place of its own (docs/model.md, "A
+re-noising sampler trades diversity for fidelity").
 
     python benchmarks/stochastic_sampler.py --eta 0.5 sample --modality ct --count 100 --seed 1 --out synth_ct
     meddiff evaluate HELDOUT_PREP_CT synth_ct --size 64 --spacing 6 --train PREP_CT --json > evaluate_ct.json

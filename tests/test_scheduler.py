@@ -53,7 +53,7 @@ def test_heun_solves_a_linear_velocity_field_to_second_order():
 def test_euler_narrows_a_known_distribution_and_heun_keeps_it():
     """Gaussian data (std 0.5) and its exact velocity E[x0 - n | x_s]: 30 Euler steps end 4 % narrow (the
     discretisation shrinks the spread, so samples come out more alike), 15 Heun steps (the same 30 evaluations)
-    within 1 % — why docs/model.md reads Euler's share of the samples' excess similarity from this."""
+    within 1 % (docs/model.md cites this for Euler's share of the samples' excess similarity)."""
     std = 0.5
     card = _card()
     card.scheduler["use_discrete_timesteps"] = True
