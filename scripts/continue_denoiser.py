@@ -71,7 +71,7 @@ def main() -> None:
         if card.scheduler.get("sample_method") != "logit-normal":
             sys.exit(f"--timestep-loc: {args.source} samples training timesteps "
                      f"{card.scheduler.get('sample_method')!r}, not logit-normal")
-        card.scheduler["loc"] = args.timestep_loc
+        card.scheduler["loc"] = config["timestep_loc"] = args.timestep_loc
     card.training["continuations"] = [*earlier_continuations(card.training), {
         "model": source_name, "step": step, "total": args.total,
         "denoiser_sha256": source_files[DENOISER_FILE], "timestep_loc": float(card.scheduler["loc"])}]

@@ -38,6 +38,18 @@
 #      replaced 5.'s model. Run before the option existed (the card's scheduler.loc set by hand before training),
 #      recorded afterwards in the card's training.continuations as the option writes it; then 4.
 #
+# v3-cpu (in progress since 2026-12-05, ninth session; not bundled): v2's measurements put the rest of the gap in the
+# autoencoder (its reconstructions blur the vertebrae into one band and cap CT's precision; docs/model.md), so v3
+# trains a new one, then v2's stage 2 and own decoders on its latents. Stage 1 from scratch, on whole volumes
+# (no crops: the decoder's GroupNorm sees what sampling decodes) with 8 latent channels, both cores:
+#   AE_FROM= AE_STEPS=6000 AE_THREADS=2 TIMESTEP_LOC=0.5 DIFF_STEPS=10000 \
+#   AE_SET="autoencoder.latent_channels=8 train.ae_patch_size=0 train.batch_size=1 train.warmup_steps=30" \
+#   scripts/train_default.sh
+# (stage 1 is its own call, so its batch size, crops and warm-up are not stage 2's; the denoiser's timesteps are
+# centred at t = 0.62 from step 0, as v2's last 3000 steps were). Stage 2 and each modality's own decoder run side
+# by side, one core each (decoders by hand: the scripted loop below runs them after stage 2). Sessions so far:
+#   1. stage 1 (6000 steps), then stage 2 and CT's own decoder started; both go on in the next session.
+#
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.
 set -euo pipefail
@@ -52,11 +64,14 @@ COUNT=${COUNT:-480}           # training phantoms per modality (10 % held out fo
 DEVICE=${DEVICE:-cpu}
 CHUNK_S=${CHUNK_S:-540}
 DIFF_STEPS=${DIFF_STEPS:-7000}
-AE_FROM=${AE_FROM:-meddiff_cli/bundled/default}   # empty: train the autoencoder too (AE_STEPS)
+AE_FROM=${AE_FROM-meddiff_cli/bundled/default}   # empty: train the autoencoder too (AE_STEPS), in a call of its own
 AE_STEPS=${AE_STEPS:-600}
+AE_SET=${AE_SET:-}            # with AE_FROM empty: stage 1's own SECTION.KEY=VALUE overrides, space-separated
+AE_THREADS=${AE_THREADS:-${OMP_NUM_THREADS:-1}}   # stage 1's threads (it runs alone; stage 2 shares the cores)
 DECODER_STEPS=${DECODER_STEPS:-1500}   # 0: keep the reused decoder as it is
 DENOISER_FROM=${DENOISER_FROM:-}   # a committed model whose denoiser training goes on (DIFF_STEPS: the new total)
-TIMESTEP_LOC=${TIMESTEP_LOC:-}     # with DENOISER_FROM: logit-normal location of the continued steps' timesteps
+TIMESTEP_LOC=${TIMESTEP_LOC:-}     # logit-normal location of the training timesteps: of the continued steps with
+                                   # DENOISER_FROM, else of the new denoiser (train.timestep_loc; unset: the preset's 0)
 # Each modality's own decoder: totals of successive runs of one --work folder (0: keep the model's decoder as it is)
 own_default=$([ -n "$DENOISER_FROM" ] && echo 0 || echo "")
 CT_DECODER_STEPS=${CT_DECODER_STEPS:-${own_default:-1000 2000 3000}}
@@ -68,6 +83,7 @@ mkdir -p "$OUT"
 SETTINGS=(--set train.batch_size=8 --set train.ema_decay=0.999 --set train.warmup_steps=200
           --set train.val_every=500 --set train.preview_every=1000 --set train.checkpoint_every=250
           --set "train.diffusion_steps=$DIFF_STEPS" --set "train.autoencoder_steps=$AE_STEPS")
+[ -n "$TIMESTEP_LOC" ] && [ -z "$DENOISER_FROM" ] && SETTINGS+=(--set "train.timestep_loc=$TIMESTEP_LOC")
 
 for modality in ct mri; do
   seed=$([ "$modality" = ct ] && echo 1000 || echo 2000)
@@ -78,15 +94,38 @@ for modality in ct mri; do
 done
 
 model="$MEDDIFF_HOME/models/default"
-stage=(--stage all --preset "$PRESET")
+checkpoint_stage() { python -c 'import json, sys; print(json.load(open(sys.argv[1]))["stage"])' \
+  "$model/checkpoint/state.json" 2>/dev/null || true; }
+# train_in_chunks STAGE ARGS...: meddiff train --stage STAGE on the pools in CHUNK_S chunks, ARGS on every call and the
+# array chunk_first (a new stage's settings) until the stage has a checkpoint of its own; from then on --resume.
+train_in_chunks() {
+  local name=$1 extra=("${chunk_first[@]}") status
+  shift
+  while true; do
+    status=0
+    # stderr (progress lines every 30 s, validation) goes to the log; stdout is the JSON summary
+    timeout -s TERM "$CHUNK_S" meddiff train "$OUT/prep_ct" "$OUT/prep_mri" --name default --stage "$name" "$@" \
+      --workers "$WORKERS" --device "$DEVICE" --seed 0 --json "${extra[@]}" > "$OUT/train.json" 2>> "$OUT/train.log" \
+      || status=$?
+    [ "$status" -eq 0 ] && return 0
+    [ "$status" -eq 130 ] || [ "$status" -eq 124 ] || exit "$status"   # anything but "stopped by the chunk timer"
+    if [ "$(checkpoint_stage)" = "$name" ]; then extra=(--resume); fi
+  done
+}
 if [ -n "$DENOISER_FROM" ]; then
   [ -f "$model/model.json" ] || python scripts/continue_denoiser.py "$DENOISER_FROM" "$model" --total "$DIFF_STEPS" \
     ${TIMESTEP_LOC:+--timestep-loc "$TIMESTEP_LOC"}
-  stage=(--stage diffusion)
   AE_FROM= DECODER_STEPS=0   # the autoencoder and its decoders are the committed model's
 elif [ -n "$AE_FROM" ]; then
   [ -f "$model/model.json" ] || python scripts/reuse_autoencoder.py "$AE_FROM" "$model" --preset "$PRESET" "${SETTINGS[@]}"
-  stage=(--stage diffusion)
+else
+  # stage 1 from scratch, alone: its batch size, crops and threads (AE_SET, AE_THREADS) are not stage 2's
+  chunk_first=(--preset "$PRESET" "${SETTINGS[@]}")
+  for setting in $AE_SET; do chunk_first+=(--set "$setting"); done
+  if [ -f "$model/model.json" ]; then chunk_first=(--resume); fi   # finished: it says so and exits 0
+  if [ ! -f "$model/model.json" ] || [ "$(checkpoint_stage)" = autoencoder ]; then
+    OMP_NUM_THREADS=$AE_THREADS train_in_chunks autoencoder --ae-steps "$AE_STEPS"
+  fi
 fi
 # Quality-vs-CPU-hours curve: keep the sampling weights every SNAPSHOT_EVERY denoiser steps (card + weights,
 # copied only when the card's sha256 values match the files, i.e. never a half-saved pair).
@@ -124,19 +163,12 @@ if [ -n "$AE_FROM" ] && [ "$DECODER_STEPS" -gt 0 ]; then
     --steps "$DECODER_STEPS" --exclude 100-179 2>> "$OUT/decoder_ft.log" & decoder_job=$!
 fi
 
-extra=()   # a new model from scratch takes the settings on its first call; a resumed one has them in its card
-if [ -f "$model/checkpoint/state.json" ]; then extra=(--resume)
-elif [ -z "$AE_FROM" ] && [ -z "$DENOISER_FROM" ]; then extra=("${SETTINGS[@]}"); fi
-while true; do
-  status=0
-  # stderr (progress lines every 30 s, validation) goes to the log; stdout is the JSON summary
-  timeout -s TERM "$CHUNK_S" meddiff train "$OUT/prep_ct" "$OUT/prep_mri" --name default "${stage[@]}" \
-    --diffusion-steps "$DIFF_STEPS" --workers "$WORKERS" --device "$DEVICE" --seed 0 --json "${extra[@]}" \
-    > "$OUT/train.json" 2>> "$OUT/train.log" || status=$?
-  [ "$status" -eq 0 ] && break
-  [ "$status" -eq 130 ] || [ "$status" -eq 124 ] || exit "$status"   # anything but "stopped by the chunk timer"
-  extra=(--resume)
-done
+# A resumed denoiser has its settings in its checkpoint; a new one takes SETTINGS (reused autoencoders and continued
+# denoisers already have them in their card).
+chunk_first=()
+if [ "$(checkpoint_stage)" = diffusion ]; then chunk_first=(--resume)
+elif [ -z "$AE_FROM" ] && [ -z "$DENOISER_FROM" ]; then chunk_first=("${SETTINGS[@]}"); fi
+train_in_chunks diffusion --diffusion-steps "$DIFF_STEPS"
 
 if [ -n "$decoder_job" ]; then
   wait "$decoder_job"

@@ -306,3 +306,29 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
     assert again.scheduler["loc"] == 0.5
     steps = [(r["step"], r["total"], r["timestep_loc"]) for r in again.training["continuations"][1:]]
     assert steps == [(3, 5, 0.5), (5, 6, 0.5)]
+
+
+def test_timestep_loc_is_the_denoisers_setting(tmp_path, ct_data):
+    """train.timestep_loc reaches the card's scheduler when the denoiser starts, also on a model whose stage 1 ran
+    with other settings; the scheduler then draws training timesteps around sigmoid(loc)."""
+    from monai.networks.schedulers import RFlowScheduler
+
+    train_model(options([ct_data], tmp_path, stage="autoencoder", steps=1))
+    result = train_model(options([ct_data], tmp_path, stage="diffusion", steps=1,
+                                 overrides={**FAST, "train.timestep_loc": 1.0}))
+    card = ModelCard.load(result.folder)
+    assert card.scheduler["loc"] == 1.0 and card.training["config"]["timestep_loc"] == 1.0
+    torch.manual_seed(0)
+    drawn = RFlowScheduler(**card.scheduler).sample_timesteps(torch.zeros(4000, 1, 2, 2, 2)).float() / 1000
+    assert abs(float(drawn.median()) - 1 / (1 + math.exp(-1.0))) < 0.02  # median t = sigmoid(1) = 0.73
+    with pytest.raises(UsageError, match="cannot change on --resume"):
+        train_model(options([ct_data], tmp_path, stage="diffusion", steps=2, resume=True,
+                            overrides={"train.timestep_loc": 0.0}))
+    new = train_model(options([ct_data], tmp_path / "b", steps=1, ae_steps=1, overrides={**FAST, "train.timestep_loc": 0.5}))
+    assert new.card.scheduler["loc"] == 0.5
+    for bad in ("x", float("inf")):
+        with pytest.raises(UsageError, match="timestep_loc"):
+            train_model(options([ct_data], tmp_path / "c", steps=1, ae_steps=1, overrides={**FAST, "train.timestep_loc": bad}))
+    with pytest.raises(UsageError, match="timestep_loc"):
+        train_model(options([ct_data], tmp_path / "d", steps=1, ae_steps=1,
+                            overrides={**FAST, "train.timestep_loc": 0.5, "train.timestep_sampling": "uniform"}))

@@ -13,6 +13,7 @@ _COMMON_TRAIN: dict[str, Any] = {
     "weight_decay": 0.01,  # AdamW
     "grad_clip": 1.0,  # max global gradient norm, generator/denoiser and discriminator alike
     "timestep_sampling": "logit-normal",  # RFlowScheduler sample_method (SD3/MAISI-v2 favour mid-range t)
+    "timestep_loc": 0.0,  # logit-normal centre: 0 is median t = 0.5; 0.5 draws more t near noise (median 0.62)
     "intensity_jitter": 0.05,  # x * (1 + a) + b, a, b ~ U(-j, j), then clipped to [-1, 1]
     "flip_lr": False,  # random left-right flips change laterality (heart, liver): opt in for symmetric anatomy
     "val_fraction": 0.1,  # of each modality's cases, at least 1 held out for validation

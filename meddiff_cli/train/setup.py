@@ -95,6 +95,19 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], sections:
         config[section][key] = value
 
 
+def timestep_distribution(config: dict[str, Any]) -> dict[str, Any]:
+    """The scheduler keywords that say how training draws timesteps, from ``train.timestep_sampling`` and
+    ``train.timestep_loc``; the card's ``scheduler`` records them when a denoiser starts from step 0."""
+    try:
+        loc = float(config.get("timestep_loc", 0.0))
+    except (TypeError, ValueError):
+        loc = float("nan")
+    if not np.isfinite(loc) or (loc != 0.0 and config["timestep_sampling"] != "logit-normal"):
+        raise UsageError(f"train.timestep_loc {config.get('timestep_loc')!r}: a finite number, and 0 unless "
+                         "train.timestep_sampling is logit-normal")
+    return {"sample_method": config["timestep_sampling"], "loc": loc}
+
+
 def new_card(options: TrainOptions, data: TrainingData, preset: dict[str, Any]) -> ModelCard:
     card = ModelCard(
         name=options.name, preset=options.preset, modalities=data.modalities,
@@ -111,7 +124,7 @@ def new_card(options: TrainOptions, data: TrainingData, preset: dict[str, Any]) 
     # the Euler increments would not sum to 1 and samples would overshoot the data by up to ~0.5 %.
     card.scheduler = {
         "num_train_timesteps": 1000, "use_discrete_timesteps": True,
-        "sample_method": preset["train"]["timestep_sampling"], "loc": 0.0, "scale": 1.0,
+        **timestep_distribution(preset["train"]), "scale": 1.0,
         "use_timestep_transform": False, "transform_scale": 1.0, "steps_offset": 0,
         "base_img_size_numel": int(np.prod(latent_shape)), "spatial_dim": 3,
     }
@@ -148,6 +161,11 @@ def prepare(options: TrainOptions, reporter: Reporter) -> TrainRun:
         if any(k.split(".")[0] in ("autoencoder", "denoiser") for k in options.overrides):
             raise UsageError("the architecture of an existing model cannot change; train a new --name")
         if options.resume:
+            fixed = sorted(k for k in ("train.timestep_sampling", "train.timestep_loc") if k in options.overrides)
+            if fixed:
+                raise UsageError(f"{', '.join(fixed)} cannot change on --resume (the card's scheduler keeps the "
+                                 "run's); continue a denoiser with other timesteps: scripts/continue_denoiser.py "
+                                 "--timestep-loc")
             checkpoint = load_checkpoint(folder)
             config = dict(checkpoint[0]["config"])
         else:
@@ -165,6 +183,7 @@ def prepare(options: TrainOptions, reporter: Reporter) -> TrainRun:
                 raise UsageError(f"model {options.name!r} already has a trained denoiser; pass --resume to "
                                  "continue it or choose another --name")
             card.training["cases"] = data.counts()  # the denoiser's data (the autoencoder's may differ)
+            card.scheduler.update(timestep_distribution(config))  # the denoiser's own settings, not stage 1's
     else:
         if options.stage == "diffusion":
             raise ModelError(f"no model named {options.name!r}: train its autoencoder first (--stage autoencoder or all)", folder)
