@@ -313,7 +313,10 @@ def test_timestep_loc_is_the_denoisers_setting(tmp_path, ct_data):
     with other settings; the scheduler then draws training timesteps around sigmoid(loc)."""
     from monai.networks.schedulers import RFlowScheduler
 
-    train_model(options([ct_data], tmp_path, stage="autoencoder", steps=1))
+    folder = train_model(options([ct_data], tmp_path, stage="autoencoder", steps=1)).folder
+    older = ModelCard.load(folder)
+    del older.training["config"]["timestep_loc"]  # a model trained before the setting existed can still take it
+    older.save(folder)
     result = train_model(options([ct_data], tmp_path, stage="diffusion", steps=1,
                                  overrides={**FAST, "train.timestep_loc": 1.0}))
     card = ModelCard.load(result.folder)

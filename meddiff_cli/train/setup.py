@@ -20,7 +20,7 @@ from meddiff_cli.fsutil import remove_stale_temps
 from meddiff_cli.io.preview import PREVIEW_DIR
 from meddiff_cli.model.card import CARD_FILE, ModelCard
 from meddiff_cli.model.networks import build_autoencoder, build_denoiser, downsample_factor, required_divisor
-from meddiff_cli.model.presets import preset_config
+from meddiff_cli.model.presets import PRESETS, preset_config
 from meddiff_cli.model.registry import validate_name
 from meddiff_cli.model.scheduler import SAMPLING_CONVENTION
 from meddiff_cli.paths import models_dir
@@ -170,6 +170,11 @@ def prepare(options: TrainOptions, reporter: Reporter) -> TrainRun:
             config = dict(checkpoint[0]["config"])
         else:
             config = dict(card.training["config"])
+        defaults = preset_config(card.preset)["train"] if card.preset in PRESETS else {}
+        for dotted in options.overrides:  # a setting newer than the model can be set: its preset default comes in
+            section, _, key = dotted.partition(".")
+            if section == "train" and key not in config and key in defaults:
+                config[key] = defaults[key]
         train_section = {"train": config}
         apply_overrides(train_section, options.overrides, ("train",))
         config = train_section["train"]
