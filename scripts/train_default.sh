@@ -49,9 +49,10 @@
 # centred at t = 0.62 from step 0, as v2's last 3000 steps were). Stage 2 and each modality's own decoder run side
 # by side, one core each (decoders by hand: the scripted loop below runs them after stage 2). Sessions so far:
 #   1. (ninth session) stage 1, 6000 steps (with MEDDIFF_HOME and name of its own, then copied to
-#      $OUT/home/models/default); stage 2 to step 2500 of 10000 (its checkpoint kept); CT's own decoder, total 1000
-#      of the totals 1000 2000 3000, beside it: scripts/finetune_decoder.py <stage-1 copy> $OUT/prep_ct
-#      --work $OUT/decoder_ct --steps 1000 --adv-weight 0.05 --adv-start 100 --disc-input clip-st --seed 3.
+#      $OUT/home/models/default); stage 2 to step 3234 of 10000 (its checkpoint kept); CT's own decoder beside it,
+#      total 1000 and then 1200 steps of total 2000 (of the totals 1000 2000 3000): scripts/finetune_decoder.py
+#      <stage-1 copy> $OUT/prep_ct --work $OUT/decoder_ct --steps 1000 --adv-weight 0.05 --adv-start 100
+#      --disc-input clip-st --seed 3, then the same with --steps 2000.
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.
