@@ -53,6 +53,12 @@
 #      total 1000 and then 1200 steps of total 2000 (of the totals 1000 2000 3000): scripts/finetune_decoder.py
 #      <stage-1 copy> $OUT/prep_ct --work $OUT/decoder_ct --steps 1000 --adv-weight 0.05 --adv-start 100
 #      --disc-input clip-st --seed 3, then the same with --steps 2000.
+#   2. (tenth session) stage 2 resumed to 10000 (`meddiff train $OUT/prep_ct $OUT/prep_mri --name default --stage
+#      diffusion --diffusion-steps 10000 --workers 1 --device cpu --seed 0 --resume`, MEDDIFF_HOME=$OUT/home, one
+#      thread); CT's own decoder resumed to total 2000, then total 3000; MRI's own decoder (the same command on
+#      $OUT/prep_mri with --work $OUT/decoder_mri --modality mri) totals 2000 and 3000. Each total's state kept as
+#      $OUT/decoder_<modality>_at<total>; written with --write MODEL --modality M, then bundle and CT calibration as
+#      below. Not bundled: CT lost to v2 on the benchmark (docs/model.md, "Recipe v3-cpu").
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.
