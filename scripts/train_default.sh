@@ -23,9 +23,10 @@
 # own decoders and calibration are kept unless CT_DECODER_STEPS / MRI_DECODER_STEPS ask for more decoder steps.
 # The 128^3 GPU model: PRESET=small SIZE=128 CT_SPACING=3 MRI_SPACING=1.5 DEVICE=cuda AE_FROM= (train stage 1 too).
 # v3 for one short GPU lease (both stages from scratch, step counts fitted to the time): scripts/train_default_gpu.sh.
-# The bundled model is v2's run, then each modality's own decoder and CT's intensity calibration (the steps after the
-# training loop below). How the shipped one was made, in sessions, from committed weights and this script's pools
-# (seeds 1000 / 2000), two runs side by side on one core each:
+# The bundled model is v3-cpu (below, since the eleventh session of 2026-12-05). v2, bundled before it, was v2's run,
+# then each modality's own decoder and CT's intensity calibration (the steps after the training loop below). How v2
+# was made, in sessions, from committed weights and this script's pools (seeds 1000 / 2000), two runs side by side
+# on one core each:
 #   1. the v2 loop, stopped at denoiser step 5000 of DIFF_STEPS=7000 (its checkpoint was not kept);
 #   2. the decoder loop below on a copy of that bundle (CT_DECODER_STEPS / MRI_DECODER_STEPS as defaulted here: each
 #      total a rerun of the same --work, which continues with the cosine restarted towards the new total);
@@ -38,7 +39,7 @@
 #      replaced 5.'s model. Run before the option existed (the card's scheduler.loc set by hand before training),
 #      recorded afterwards in the card's training.continuations as the option writes it; then 4.
 #
-# v3-cpu (in progress since 2026-12-05, ninth session; not bundled): v2's measurements put the rest of the gap in the
+# v3-cpu (the bundled model since 2026-12-05, eleventh session; trained over three sessions): v2's measurements put the rest of the gap in the
 # autoencoder (its reconstructions blur the vertebrae into one band and cap CT's precision; docs/model.md), so v3
 # trains a new one, then v2's stage 2 and own decoders on its latents. Stage 1 from scratch, on whole volumes
 # (no crops: the decoder's GroupNorm sees what sampling decodes) with 8 latent channels, both cores:
@@ -59,6 +60,15 @@
 #      $OUT/prep_mri with --work $OUT/decoder_mri --modality mri) totals 2000 and 3000. Each total's state kept as
 #      $OUT/decoder_<modality>_at<total>; written with --write MODEL --modality M, then bundle and CT calibration as
 #      below. Not bundled: CT lost to v2 on the benchmark (docs/model.md, "Recipe v3-cpu").
+#   3. (eleventh session) stage 2 resumed from its finished 10000 to 13000 (the same meddiff train command with
+#      --diffusion-steps 13000 --resume: the cosine extended to the new total); CT's own decoder to total 4000
+#      beside it (the same finetune_decoder.py command with --steps 4000). The bundle: a copy of
+#      $OUT/home/models/default (checkpoint and previews removed), CT's decoder_ct_at4000 and MRI's
+#      decoder_mri_at3000 written into it, scripts/bundle_model.py, CT calibration (the tail of this script); then
+#      its label decoder: OUT=build/labels FROM=<that bundle> BUNDLE_TO=<that bundle> scripts/train_labels.sh
+#      (run on the same bundle with the 10000-step denoiser: the label stage reads only autoencoder.safetensors,
+#      byte-identical, and the training seed, so the label decoder is the same; merged by hand), then
+#      scripts/bundle_model.py into meddiff_cli/bundled/default. Judged as v2 was (docs/model.md, "Recipe v3-cpu").
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.

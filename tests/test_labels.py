@@ -162,6 +162,21 @@ def test_label_stage_refuses_bad_settings_and_data_of_another_grid(tiny_model, t
     assert not (tiny_model / "checkpoint_labels").exists() and not ModelCard.load(tiny_model).labels
 
 
+def test_label_data_check_ignores_the_cards_sampling_calibration_but_not_its_window(tiny_model, tmp_path):
+    # A bundled CT model carries an intensity calibration (applied to decoded samples); data preprocessed with the
+    # model's window must still be accepted for its label decoder, and data of another window refused.
+    from meddiff_cli.errors import BadInputError
+    from meddiff_cli.train.data import check_grid
+
+    manifest = json.loads((make_labelled_data(tmp_path / "data", cases=2) / "manifest.json").read_text())
+    card = ModelCard.load(tiny_model)
+    card.intensity["ct"]["calibration"] = {"decoded": [-1.0, 0.0, 1.0], "real": [-1.0, 0.1, 1.0]}
+    check_grid(manifest, card, "ct", tmp_path / "data")
+    manifest["intensity"] = {**manifest["intensity"], "window": [-500.0, 500.0]}
+    with pytest.raises(BadInputError, match="differs from the model"):
+        check_grid(manifest, card, "ct", tmp_path / "data")
+
+
 def test_sample_with_labels_writes_pairs_on_one_grid_and_resumes(tiny_model, tmp_path, run_meddiff):
     add_random_label_decoder(tiny_model)
     out = tmp_path / "synth"

@@ -184,8 +184,10 @@ def check_grid(manifest: dict[str, Any], card: ModelCard, modality: str, where: 
         mapping = card_intensity(manifest["intensity"])
     except (KeyError, TypeError):
         raise BadInputError("manifest has no usable intensity mapping", where) from None
-    if mapping != card.intensity.get(modality):
-        raise BadInputError(f"intensity mapping {mapping} differs from the model's {card.intensity.get(modality)} "
+    # A calibration maps decoded samples only (model.card.intensity_calibration): it is no preprocess setting.
+    expected_mapping = {k: v for k, v in card.intensity.get(modality, {}).items() if k != "calibration"}
+    if mapping != expected_mapping:
+        raise BadInputError(f"intensity mapping {mapping} differs from the model's {expected_mapping} "
                             f"for {modality}; preprocess with the same settings", where)
 
 
