@@ -69,6 +69,8 @@
 #      (run on the same bundle with the 10000-step denoiser: the label stage reads only autoencoder.safetensors,
 #      byte-identical, and the training seed, so the label decoder is the same; merged by hand), then
 #      scripts/bundle_model.py into meddiff_cli/bundled/default. Judged as v2 was (docs/model.md, "Recipe v3-cpu").
+#      After bundling, the same decoder commands took MRI's own decoder to total 4000 and CT's to 5000
+#      (decoder_<modality>_at<total>; not evaluated, not bundled).
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.
