@@ -114,6 +114,7 @@ def test_model_card_round_trips_and_holds_no_paths(trained):
     assert card.intensity["mri"]["unit"] == "a.u." and card.intensity["mri"]["output_range"] == [0, 1000]
     assert card.training["cases"] == {"ct": {"train": 3, "val": 1}, "mri": {"train": 2, "val": 1}}
     assert card.training["steps"] == {"autoencoder": 3, "diffusion": 3}
+    assert (card.training["config"]["autoencoder_steps"], card.training["config"]["diffusion_steps"]) == (3, 3)
     assert card.latent["channels"] == 4 and card.latent["shape"] == [4, 4, 4]
     assert len(card.latent["shift"]) == 4 and all(s > 0 for s in card.latent["scale"])
     assert card.sampling["velocity"] == "x0 - noise"
@@ -285,6 +286,7 @@ def test_a_committed_model_continues_from_its_sampling_weights(trained, ct_data,
     result = train_model(options([ct_data, root / "mri"], tmp_path / "cache", resume=True, diffusion_steps=5))
     assert result.steps_run == {"diffusion": 2}
     assert result.card.training["steps"] == {"autoencoder": 3, "diffusion": 5}
+    assert result.card.training["config"]["diffusion_steps"] == 5  # the continuation's total, not the first run's
     older, record = result.card.training["continuations"]
     assert older == {"model": "older", "step": 1, "denoiser_sha256": "0" * 64}
     assert "continued_from" not in result.card.training

@@ -45,7 +45,9 @@ def train_model(options: TrainOptions, reporter: Reporter | None = None) -> Trai
         for stage in stages:
             if stage == "autoencoder" and run.resumes("diffusion"):
                 continue  # resuming stage 2: stage 1 is done
-            steps_run[stage] = STAGE_TRAINERS[stage](run, stage_steps(run, stage))
+            total = stage_steps(run, stage)
+            run.config[f"{stage}_steps"] = total  # the card records the total trained to, not the preset's
+            steps_run[stage] = STAGE_TRAINERS[stage](run, total)
     finally:
         ddp.shutdown(run.dist)
     return TrainResult(options.name, run.folder, run.card, steps_run, round(time.monotonic() - began, 3))
