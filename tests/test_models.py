@@ -129,6 +129,19 @@ def test_bundled_default_is_copied_into_the_cache_verified_on_first_use(isolated
     assert resolve_model("default") == folder  # second use: the cache copy, no new import
 
 
+def test_the_bundled_folder_given_as_a_path_is_used_through_the_cache(isolated_cache):
+    """`--model .../meddiff_cli/bundled/default` must not make meddiff write (ONNX exports) into the package."""
+    from meddiff_cli.model.registry import BUNDLED_DIR
+
+    bundled = BUNDLED_DIR / "default"
+    if not (bundled / "model.json").is_file():
+        pytest.skip("no bundled default model in this checkout")
+    before = sorted(path.name for path in bundled.rglob("*"))
+    assert resolve_model(str(bundled)) == isolated_cache / "models" / "default"
+    assert resolve_model(bundled / ".." / "default") == isolated_cache / "models" / "default"
+    assert sorted(path.name for path in bundled.rglob("*")) == before
+
+
 def test_cached_copy_of_an_older_bundle_is_replaced_but_a_users_model_is_not(isolated_cache):
     """After an upgrade ships new bundled weights, `default` resolves to them; a same-named model of the user's stays."""
     import json

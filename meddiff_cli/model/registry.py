@@ -49,14 +49,17 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
     """Find a model folder: an existing folder path, else ``<cache>/models/NAME``, else a bundled model.
 
     A bundled model (package data, maybe read-only) is first copied into the cache with its sha256 verified,
-    so ONNX export on first use and later verification happen in a writable folder the user owns.
+    so ONNX export on first use and later verification happen in a writable folder the user owns; that holds
+    for the bundled folder given as a path too, so nothing is ever written into the installed package.
     """
     name = str(name_or_path or DEFAULT_MODEL)
     candidate = Path(name).expanduser()
     looks_like_path = os.sep in name or name.startswith(".") or (os.altsep and os.altsep in name)
     if candidate.is_dir() and (candidate / CARD_FILE).is_file():
-        return candidate
-    if looks_like_path:
+        if candidate.resolve().parent != BUNDLED_DIR.resolve():
+            return candidate
+        name = candidate.resolve().name  # the package's own copy: used through the cache, as by its name
+    elif looks_like_path:
         raise ModelError("not a meddiff model folder (no model.json)", candidate)
     folder = models_dir(cache_dir) / validate_name(name)
     bundled = BUNDLED_DIR / name
