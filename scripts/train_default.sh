@@ -74,7 +74,8 @@
 #   4. (twelfth session) the bundle as in 3. with decoder_ct_at5000 and decoder_mri_at4000 (and the same label
 #      decoder, merged: it reads only the unchanged encoder); bundled, it beat 3.'s on three sampling seeds. The
 #      denoiser resumed from 13000 to 16000 (the same command with --diffusion-steps 16000) was not better and is
-#      not bundled. Continue from $OUT/home/models/default (denoiser 16000, checkpoint) or $OUT/den_at13000.
+#      not bundled; nor was the bundle with one more thousand decoder steps each (CT total 6000, MRI 5000: the same
+#      decoder commands). Continue from $OUT/home/models/default (denoiser 16000, checkpoint) or $OUT/den_at13000.
 #
 # Training runs in chunks of at most CHUNK_S seconds (SIGTERM -> checkpoint, exit 130), resumed with --resume,
 # so it fits short GPU leases: carry $MEDDIFF_HOME/models/default between chunks.
