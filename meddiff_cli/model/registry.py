@@ -56,9 +56,10 @@ def resolve_model(name_or_path: str | Path | None, cache_dir: str | Path | None 
     candidate = Path(name).expanduser()
     looks_like_path = os.sep in name or name.startswith(".") or (os.altsep and os.altsep in name)
     if candidate.is_dir() and (candidate / CARD_FILE).is_file():
-        if candidate.resolve().parent != BUNDLED_DIR.resolve():
+        resolved = candidate.resolve()
+        if resolved.parent != BUNDLED_DIR.resolve():
             return candidate
-        name = candidate.resolve().name  # the package's own copy: used through the cache, as by its name
+        name = resolved.name  # the package's own copy: used through the cache, as by its name
     elif looks_like_path:
         raise ModelError("not a meddiff model folder (no model.json)", candidate)
     folder = models_dir(cache_dir) / validate_name(name)
